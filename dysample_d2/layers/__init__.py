@@ -1,0 +1,3 @@
+from .dysample import DySample
+
+__all__ = ["DySample"]

@@ -1,0 +1,11 @@
+from .fpn import (
+    DySampleFPN,
+    build_resnet_dysample_fpn_backbone,
+    build_retinanet_resnet_dysample_fpn_backbone,
+)
+
+__all__ = [
+    "DySampleFPN",
+    "build_resnet_dysample_fpn_backbone",
+    "build_retinanet_resnet_dysample_fpn_backbone",
+]

@@ -1,0 +1,106 @@
+import math
+
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
+from detectron2.modeling.backbone.resnet import build_resnet_backbone
+
+from ..config import dysample_kwargs_from_config
+from ..layers import DySample
+
+__all__ = [
+    "DySampleFPN",
+    "build_resnet_dysample_fpn_backbone",
+    "build_retinanet_resnet_dysample_fpn_backbone",
+]
+
+
+class DySampleFPN(FPN):
+    """
+    Detectron2's :class:`FPN` whose top-down pathway upsamples with one :class:`DySample`
+    per step instead of nearest interpolation.
+
+    All of FPN's parameters keep their names (``fpn_lateral{k}``, ``fpn_output{k}``, ...),
+    so a nearest-FPN checkpoint loads into it. The upsampler that takes level k to level
+    k - 1 is ``fpn_upsample{k}``: with in_features res2..res5 that is fpn_upsample5,
+    fpn_upsample4 and fpn_upsample3.
+    """
+
+    def __init__(self, *args, style="lp", groups=4, dyscope=False, **kwargs):
+        """
+        Args:
+            args, kwargs: as for :class:`detectron2.modeling.FPN`.
+            style, groups, dyscope: as for :class:`DySample`; every upsampler has the
+                FPN's out_channels and scale 2.
+        """
+        super().__init__(*args, **kwargs)
+        input_shapes = self.bottom_up.output_shape()
+        out_channels = self._out_feature_channels[self._out_features[0]]
+        upsamplers = []
+        # Top-down order, as self.lateral_convs: coarsest level first, finest last.
+        for in_feature in reversed(self.in_features[1:]):
+            stage = int(math.log2(input_shapes[in_feature].stride))
+            upsampler = DySample(out_channels, 2, style=style, groups=groups, dyscope=dyscope)
+            self.add_module(f"fpn_upsample{stage}", upsampler)
+            upsamplers.append(upsampler)
+        self.upsamplers = upsamplers
+
+    def forward(self, x):
+        """
+        Args:
+            x (Tensor[B, 3, H, W]): images, H and W divisible by ``size_divisibility``.
+
+        Returns:
+            dict[str -> Tensor]: "p2".. feature maps, as :meth:`FPN.forward`.
+        """
+        bottom_up_features = self.bottom_up(x)
+        prev_features = self.lateral_convs[0](bottom_up_features[self.in_features[-1]])
+        results = [self.output_convs[0](prev_features)]
+        for idx, (lateral_conv, output_conv) in enumerate(
+            zip(self.lateral_convs[1:], self.output_convs[1:]), start=1
+        ):
+            lateral_features = lateral_conv(bottom_up_features[self.in_features[-idx - 1]])
+            prev_features = lateral_features + self.upsamplers[idx - 1](prev_features)
+            if self._fuse_type == "avg":
+                prev_features = prev_features / 2
+            results.insert(0, output_conv(prev_features))
+
+        if self.top_block is not None:
+            if self.top_block.in_feature in bottom_up_features:
+                top_block_in_feature = bottom_up_features[self.top_block.in_feature]
+            else:
+                top_block_in_feature = results[self._out_features.index(self.top_block.in_feature)]
+            results.extend(self.top_block(top_block_in_feature))
+        assert len(self._out_features) == len(results)
+        return dict(zip(self._out_features, results))
+
+
+def _build_dysample_fpn(cfg, input_shape: ShapeSpec, top_block_fn):
+    dysample_kwargs = dysample_kwargs_from_config(cfg)  # validate before building anything
+    bottom_up = build_resnet_backbone(cfg, input_shape)
+    return DySampleFPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=top_block_fn(bottom_up),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+        **dysample_kwargs,
+    )
+
+
+@BACKBONE_REGISTRY.register()
+def build_resnet_dysample_fpn_backbone(cfg, input_shape: ShapeSpec):
+    """ResNet + DySample-FPN with a max-pooled P6, as ``build_resnet_fpn_backbone``."""
+    return _build_dysample_fpn(cfg, input_shape, lambda bottom_up: LastLevelMaxPool())
+
+
+@BACKBONE_REGISTRY.register()
+def build_retinanet_resnet_dysample_fpn_backbone(cfg, input_shape: ShapeSpec):
+    """ResNet + DySample-FPN with P6/P7 from res5, as ``build_retinanet_resnet_fpn_backbone``."""
+
+    def top_block(bottom_up):
+        in_channels_p6p7 = bottom_up.output_shape()["res5"].channels
+        return LastLevelP6P7(in_channels_p6p7, cfg.MODEL.FPN.OUT_CHANNELS)
+
+    return _build_dysample_fpn(cfg, input_shape, top_block)

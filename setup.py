@@ -1,0 +1,19 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="dysample-d2",
+    version="0.1.0",
+    description="DySample (ICCV 2023) dynamic upsampling in Detectron2's FPN",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["dysample_d2", "dysample_d2.*"]),
+    # detectron2 and torch are not listed: neither installs by name from PyPI the way users
+    # need it (see scripts/install.sh); a user with Detectron2 runs `pip install -e .`.
+    install_requires=["fvcore>=0.1.5", "pycocotools>=2.0.2", "matplotlib", "tabulate"],
+    extras_require={
+        "demo": ["opencv-python-headless<4.12", "panopticapi-lite"],
+        "test": ["pytest>=7", "opencv-python-headless<4.12", "panopticapi-lite"],
+    },
+)
