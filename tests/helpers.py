@@ -1,0 +1,59 @@
+"""Shared helpers of the tests: the project's real configs at tiny CPU settings."""
+import os
+
+import torch
+from detectron2.config import get_cfg
+from detectron2.structures import Boxes, BitMasks, Instances
+
+from dysample_d2 import add_dysample_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(REPO, "configs")
+
+
+def config_path(name):
+    return os.path.join(CONFIG_DIR, name)
+
+
+def load_config(name, tiny=True, opts=()):
+    """A config from configs/, with small inputs and light heads when `tiny`."""
+    cfg = get_cfg()
+    add_dysample_config(cfg)
+    cfg.merge_from_file(config_path(name))
+    cfg.MODEL.DEVICE = "cpu"
+    if tiny:
+        cfg.MODEL.WEIGHTS = ""  # no ImageNet weights here
+        cfg.INPUT.MIN_SIZE_TRAIN = (64,)
+        cfg.INPUT.MAX_SIZE_TRAIN = 96
+        cfg.INPUT.MIN_SIZE_TEST = 64
+        cfg.INPUT.MAX_SIZE_TEST = 96
+        cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN = cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = 200
+        cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 50
+        cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
+        # Random-init FrozenBN ResNets diverge; GroupNorm is what D2's scratch recipes use.
+        cfg.MODEL.RESNETS.NORM = "GN"
+        cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def synthetic_batch(cfg, batch_size=2, height=64, width=96, seed=0):
+    """Training inputs for any of the configs' meta-architectures: image, instances, sem_seg."""
+    gen = torch.Generator().manual_seed(seed)
+    batch = []
+    for _ in range(batch_size):
+        image = torch.randint(0, 256, (3, height, width), generator=gen).float()
+        boxes = torch.tensor([[8.0, 8.0, 40.0, 48.0], [50.0, 10.0, 90.0, 30.0]])
+        masks = torch.zeros(2, height, width, dtype=torch.bool)
+        for i, (x0, y0, x1, y1) in enumerate(boxes.long().tolist()):
+            masks[i, y0:y1, x0:x1] = True
+        instances = Instances((height, width))
+        instances.gt_boxes = Boxes(boxes)
+        instances.gt_classes = torch.tensor([0, 2])
+        instances.gt_masks = BitMasks(masks)
+        sem_seg = torch.randint(0, 3, (height, width), generator=gen)
+        batch.append(
+            {"image": image, "instances": instances, "sem_seg": sem_seg,
+             "height": height, "width": width}
+        )
+    return batch
