@@ -10,15 +10,14 @@
 #   DYSAMPLE_D2_TORCH="torch==X torchvision==Y"       # torch requirement (default: torch torchvision)
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$(dirname "${BASH_SOURCE[0]}")/_python.sh"
 step() { echo "[install] $*"; }
 fail() { echo "[install] ERROR: $*" >&2; exit 1; }
 
 if [ -n "${DYSAMPLE_D2_PYTHON:-}" ]; then
-  PY=$DYSAMPLE_D2_PYTHON
   step "using the interpreter DYSAMPLE_D2_PYTHON=$PY (no virtualenv)"
 else
-  VENV=${DYSAMPLE_D2_VENV:-$ROOT/.venv}
+  VENV=$(dirname "$(dirname "$PY")")
   if [ ! -x "$VENV/bin/python" ]; then
     BASE_PY=$(command -v python3.11 || command -v python3 || true)
     [ -n "$BASE_PY" ] || fail "no python3 found; install Python >= 3.9 (3.11 recommended)"
@@ -29,7 +28,6 @@ else
   else
     step "1/5 virtualenv $VENV exists"
   fi
-  PY=$VENV/bin/python
 fi
 
 pip_install() {
@@ -59,8 +57,15 @@ else
   pip_install --quiet panopticapi-lite "${PINS[@]}"
 fi
 
-step "5/5 dysample-d2 (editable, with test extras)"
-pip_install --quiet -e "$ROOT[test]" "${PINS[@]}"
+STAMP="$(dirname "$(dirname "$PY")")/.dysample_d2_install_stamp"
+WANT=$(cat "$ROOT/setup.py" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$PY" -c 'import dysample_d2, pytest' 2>/dev/null; then
+  step "5/5 dysample-d2 already installed (editable)"
+else
+  step "5/5 dysample-d2 (editable, with test extras)"
+  pip_install --quiet -e "$ROOT[test]" "${PINS[@]}"
+  echo "$WANT" > "$STAMP" 2>/dev/null || true
+fi
 
 "$PY" -m pip check >/dev/null || { "$PY" -m pip check; fail "pip check found inconsistent packages (listed above)"; }
-"$PY" -c 'import dysample_d2, detectron2, torch; print("[install] ready: torch", torch.__version__, "| detectron2", detectron2.__version__, "at", detectron2.__file__.rsplit("/", 2)[0], "| compiled ops:", dysample_d2.has_compiled_ops())'
+"$PY" -W ignore -c 'import dysample_d2, detectron2, torch; print("[install] ready: torch", torch.__version__, "| detectron2", detectron2.__version__, "at", detectron2.__file__.rsplit("/", 2)[0], "| compiled ops:", dysample_d2.has_compiled_ops())'

@@ -5,6 +5,7 @@ Every thing object is defined by a polygon and rasterized with pycocotools (the 
 COCO tools and Detectron2 use for polygons), so its painted pixels, its mask, its polygon
 annotation and its tight box agree exactly.
 """
+
 import functools
 from typing import Dict, List, Tuple
 
@@ -86,8 +87,9 @@ def draw_background(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np
     if rng.random() < 0.5:  # a middle band, e.g. a wall between sky and grass
         names.insert(1, next(n for n in STUFF_TOP[1:] + STUFF_BOTTOM if n not in names))
     n = len(names)
-    bounds = [_wavy_boundary(rng, size, size * (i + 0.6) / n, size * (i + 1.4) / n)
-              for i in range(n - 1)]
+    bounds = [
+        _wavy_boundary(rng, size, size * (i + 0.6) / n, size * (i + 1.4) / n) for i in range(n - 1)
+    ]
     rows = np.arange(size, dtype=np.float32)[:, None]
     band = sum((rows >= b[None, :]).astype(np.int32) for b in bounds)  # (size, size) in [0, n)
     image = np.zeros((size, size, 3), np.float32)

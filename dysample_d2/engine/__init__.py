@@ -1,0 +1,15 @@
+from .checkpoint import (
+    AtomicDetectionCheckpointer,
+    CheckpointMismatchError,
+    load_exact_checkpoint,
+)
+from .checks import check_config_file, check_datasets, check_weights
+
+__all__ = [
+    "AtomicDetectionCheckpointer",
+    "CheckpointMismatchError",
+    "load_exact_checkpoint",
+    "check_config_file",
+    "check_datasets",
+    "check_weights",
+]

@@ -1,0 +1,136 @@
+#!/usr/bin/env python
+"""
+DySample-FPN training and evaluation script, on Detectron2's DefaultTrainer.
+
+    python train_net.py --config-file configs/COCO-Detection/faster_rcnn_R_50_DySample_FPN_1x.yaml
+    python train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
+    python train_net.py --config-file ... --resume
+    python train_net.py --config-file ... --num-gpus 8 [--num-machines M --machine-rank R --dist-url U]
+
+Without CUDA, ``--num-gpus N`` starts N CPU processes that train together over gloo.
+"""
+import logging
+import os
+import weakref
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+import detectron2.utils.comm as comm
+from detectron2.config import get_cfg
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import (
+    COCOEvaluator,
+    COCOPanopticEvaluator,
+    DatasetEvaluators,
+    SemSegEvaluator,
+    verify_results,
+)
+from detectron2.data import MetadataCatalog
+
+from dysample_d2 import add_dysample_config, has_compiled_ops
+from dysample_d2.engine import (
+    AtomicDetectionCheckpointer,
+    check_config_file,
+    check_datasets,
+    check_weights,
+    load_exact_checkpoint,
+)
+
+logger = logging.getLogger("detectron2.dysample_d2")
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with the configs' evaluators, CPU multi-process and atomic checkpoints."""
+
+    def __init__(self, cfg):
+        # DefaultTrainer wraps the model in DistributedDataParallel(device_ids=[rank]),
+        # which torch refuses for a CPU model; D2's create_ddp_model leaves an already
+        # wrapped model alone, so CPU models are wrapped here with device_ids=None.
+        self.build_model = self._build_model_for_training
+        super().__init__(cfg)
+
+    @classmethod
+    def _build_model_for_training(cls, cfg):
+        model = cls.build_model(cfg)
+        if comm.get_world_size() > 1 and cfg.MODEL.DEVICE == "cpu":
+            model = DistributedDataParallel(model, device_ids=None, broadcast_buffers=False)
+        return model
+
+    def build_hooks(self):
+        self.checkpointer = AtomicDetectionCheckpointer(
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        return super().build_hooks()
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """COCO boxes (+ masks), or for panoptic datasets: PQ, semantic and instance metrics."""
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+        evaluator_type = MetadataCatalog.get(dataset_name).evaluator_type
+        use_fast_impl = has_compiled_ops()
+        if not use_fast_impl:
+            logger.info("detectron2's compiled ops are not installed: COCO AP uses pycocotools")
+        evaluators = []
+        if evaluator_type == "coco_panoptic_seg":
+            evaluators.append(SemSegEvaluator(dataset_name, distributed=True,
+                                              output_dir=output_folder))
+            evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
+        if evaluator_type in ("coco", "coco_panoptic_seg"):
+            evaluators.append(COCOEvaluator(dataset_name, output_dir=output_folder,
+                                            use_fast_impl=use_fast_impl))
+        if not evaluators:
+            raise NotImplementedError(
+                f"no evaluator for dataset {dataset_name!r} of evaluator_type {evaluator_type!r}"
+            )
+        return DatasetEvaluators(evaluators)
+
+
+def setup(args):
+    check_config_file(args.config_file)
+    cfg = get_cfg()
+    add_dysample_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+        logging.getLogger(__name__).warning("CUDA is not available: MODEL.DEVICE set to cpu")
+    cfg.freeze()
+    # Fail on bad input before any model is built or anything is written.
+    check_weights(cfg.MODEL.WEIGHTS, required=args.eval_only)
+    check_datasets(cfg.DATASETS.TEST if args.eval_only else cfg.DATASETS.TRAIN + cfg.DATASETS.TEST)
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        load_exact_checkpoint(model, cfg.MODEL.WEIGHTS)
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def invoke_main() -> None:
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    invoke_main()
