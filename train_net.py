@@ -9,14 +9,15 @@ DySample-FPN training and evaluation script, on Detectron2's DefaultTrainer.
 
 Without CUDA, ``--num-gpus N`` starts N CPU processes that train together over gloo.
 """
+import functools
 import logging
 import os
 import weakref
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 import detectron2.utils.comm as comm
+import detectron2.engine.defaults as d2_defaults
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import (
@@ -44,18 +45,23 @@ class Trainer(DefaultTrainer):
     """DefaultTrainer with the configs' evaluators, CPU multi-process and atomic checkpoints."""
 
     def __init__(self, cfg):
-        # DefaultTrainer wraps the model in DistributedDataParallel(device_ids=[rank]),
-        # which torch refuses for a CPU model; D2's create_ddp_model leaves an already
-        # wrapped model alone, so CPU models are wrapped here with device_ids=None.
-        self.build_model = self._build_model_for_training
-        super().__init__(cfg)
+        if cfg.MODEL.DEVICE != "cpu":
+            super().__init__(cfg)
+            return
+        # DefaultTrainer wraps the model with create_ddp_model(model), which passes
+        # device_ids=[rank]: torch refuses that for a CPU model. CPU processes need None.
+        create_ddp_model = d2_defaults.create_ddp_model
+        d2_defaults.create_ddp_model = functools.partial(create_ddp_model, device_ids=None)
+        try:
+            super().__init__(cfg)
+        finally:
+            d2_defaults.create_ddp_model = create_ddp_model
 
-    @classmethod
-    def _build_model_for_training(cls, cfg):
-        model = cls.build_model(cfg)
-        if comm.get_world_size() > 1 and cfg.MODEL.DEVICE == "cpu":
-            model = DistributedDataParallel(model, device_ids=None, broadcast_buffers=False)
-        return model
+    def train(self):
+        """Train; return the final evaluation's results (DefaultTrainer returns them only
+        when TEST.EXPECTED_RESULTS is set)."""
+        super().train()
+        return getattr(self, "_last_eval_results", None)
 
     def build_hooks(self):
         self.checkpointer = AtomicDetectionCheckpointer(
@@ -91,8 +97,14 @@ def setup(args):
     check_config_file(args.config_file)
     cfg = get_cfg()
     add_dysample_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    try:
+        cfg.merge_from_file(args.config_file)
+    except (KeyError, AssertionError) as e:
+        raise KeyError(f"--config-file {args.config_file}: {e}") from e
+    try:
+        cfg.merge_from_list(args.opts)
+    except (KeyError, AssertionError) as e:  # YACS asserts on unknown command-line keys
+        raise KeyError(f"command-line config options: {e}") from e
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
         logging.getLogger(__name__).warning("CUDA is not available: MODEL.DEVICE set to cpu")

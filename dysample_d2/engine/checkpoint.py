@@ -51,6 +51,14 @@ def _atomic_write(path, write_fn):
         raise
 
 
+class _RecordingCheckpointer(DetectionCheckpointer):
+    """Keeps what Detectron2's loader found incompatible (it only logs it)."""
+
+    def _load_model(self, checkpoint):
+        self.incompatible = super()._load_model(checkpoint)
+        return self.incompatible
+
+
 def load_exact_checkpoint(model, path: str) -> None:
     """
     Load ``path`` (a file or URL Detectron2 understands) into ``model``, requiring every
@@ -64,9 +72,9 @@ def load_exact_checkpoint(model, path: str) -> None:
     """
     if "://" not in path and not os.path.isfile(path):
         raise FileNotFoundError(f"MODEL.WEIGHTS: checkpoint file {path!r} does not exist")
-    checkpointer = DetectionCheckpointer(model)
-    checkpoint = checkpointer._load_file(checkpointer.path_manager.get_local_path(path))
-    incompatible = checkpointer._load_model(checkpoint)
+    checkpointer = _RecordingCheckpointer(model)
+    checkpointer.load(path, checkpointables=[])
+    incompatible = checkpointer.incompatible
     problems = []
     if incompatible.missing_keys:
         problems.append("missing in the checkpoint: " + ", ".join(incompatible.missing_keys))
