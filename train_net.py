@@ -14,11 +14,8 @@ import logging
 import os
 import weakref
 
-import torch
-
 import detectron2.utils.comm as comm
 import detectron2.engine.defaults as d2_defaults
-from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import (
     COCOEvaluator,
@@ -29,13 +26,13 @@ from detectron2.evaluation import (
 )
 from detectron2.data import MetadataCatalog
 
-from dysample_d2 import add_dysample_config, has_compiled_ops
+from dysample_d2 import has_compiled_ops
 from dysample_d2.engine import (
     AtomicDetectionCheckpointer,
-    check_config_file,
     check_datasets,
     check_weights,
     load_exact_checkpoint,
+    setup_config,
 )
 
 logger = logging.getLogger("detectron2.dysample_d2")
@@ -94,20 +91,7 @@ class Trainer(DefaultTrainer):
 
 
 def setup(args):
-    check_config_file(args.config_file)
-    cfg = get_cfg()
-    add_dysample_config(cfg)
-    try:
-        cfg.merge_from_file(args.config_file)
-    except (KeyError, AssertionError) as e:
-        raise KeyError(f"--config-file {args.config_file}: {e}") from e
-    try:
-        cfg.merge_from_list(args.opts)
-    except (KeyError, AssertionError) as e:  # YACS asserts on unknown command-line keys
-        raise KeyError(f"command-line config options: {e}") from e
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-        logging.getLogger(__name__).warning("CUDA is not available: MODEL.DEVICE set to cpu")
+    cfg = setup_config(args.config_file, args.opts)
     cfg.freeze()
     # Fail on bad input before any model is built or anything is written.
     check_weights(cfg.MODEL.WEIGHTS, required=args.eval_only)

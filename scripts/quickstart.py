@@ -1,0 +1,166 @@
+#!/usr/bin/env python
+"""
+The main job on built-in data: generate a small COCO-layout dataset, train a DySample-FPN
+model on it with train_net.py, evaluate the checkpoint with --eval-only, and draw its
+predictions (and, when available, where DySample samples). Run by scripts/quickstart.sh.
+"""
+import argparse
+import glob
+import os
+import re
+import subprocess
+import sys
+import time
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = {
+    "det": "configs/quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml",
+    "mask": "configs/quickstart/mask_rcnn_R_50_DySample_FPN_tiny.yaml",
+    "panoptic": "configs/quickstart/panoptic_fpn_R_50_DySample_tiny.yaml",
+}
+FULL_CONFIGS = {
+    "det": "configs/COCO-Detection/faster_rcnn_R_50_DySample_FPN_1x.yaml",
+    "mask": "configs/COCO-InstanceSegmentation/mask_rcnn_R_50_DySample_FPN_1x.yaml",
+    "panoptic": "configs/COCO-PanopticSegmentation/panoptic_fpn_R_50_DySample_1x.yaml",
+}
+STEPS = 5
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+def step(index, message):
+    print(f"\n[quickstart] {index}/{STEPS} {message}", flush=True)
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__.strip().split("\n")[0])
+    parser.add_argument("--task", choices=sorted(CONFIGS), default="det",
+                        help="det: Faster R-CNN, mask: Mask R-CNN, panoptic: Panoptic FPN")
+    parser.add_argument("--iters", type=positive_int, default=150, help="training iterations")
+    parser.add_argument("--out", default=os.path.join(REPO, "output", "quickstart"),
+                        help="output directory (a folder per task inside)")
+    parser.add_argument("--datasets", default=os.path.join(REPO, "datasets"),
+                        help="DETECTRON2_DATASETS folder for the generated data")
+    return parser
+
+
+def run(cmd, env, what, fix):
+    """Run `cmd`, streaming its output; return the output; raise StepFailed on failure."""
+    print("[quickstart] $ " + " ".join(cmd), flush=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        lines.append(line)
+    if proc.wait() != 0:
+        tail = "".join(lines[-5:])
+        raise StepFailed(f"{what} failed (exit code {proc.returncode}). {fix}\n{tail}")
+    return "".join(lines)
+
+
+def final_iteration(checkpoint):
+    if not os.path.isfile(checkpoint):
+        return None
+    return torch.load(checkpoint, map_location="cpu", weights_only=False).get("iteration")
+
+
+def parse_copypaste(output):
+    """{task: {metric: value}} from Detectron2's `copypaste:` evaluation lines."""
+    results, lines = {}, re.findall(r"copypaste: (.*)", output)
+    for i, line in enumerate(lines):
+        if line.startswith("Task: ") and i + 2 < len(lines):
+            names, values = lines[i + 1].split(","), lines[i + 2].split(",")
+            results[line[len("Task: "):]] = dict(zip(names, map(float, values)))
+    return results
+
+
+def pick_val_image(datasets):
+    images = sorted(glob.glob(os.path.join(datasets, "coco", "val2017", "*.jpg")))
+    if not images:
+        raise StepFailed(f"no validation image under {datasets}/coco/val2017")
+    return images[0]
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    start = time.time()
+    config = os.path.join(REPO, CONFIGS[args.task])
+    out_dir = os.path.abspath(os.path.join(args.out, args.task))
+    env = dict(os.environ, DETECTRON2_DATASETS=os.path.abspath(args.datasets),
+               PYTHONWARNINGS="ignore::FutureWarning")
+    py = sys.executable
+
+    step(1, f"dataset: a small COCO 2017-layout dataset under {args.datasets}/coco")
+    run([py, "scripts/make_coco_dataset.py", "--root", args.datasets], env,
+        "generating the dataset", "Check free disk space and write access to --datasets.")
+
+    checkpoint = os.path.join(out_dir, "model_final.pth")
+    schedule = ["SOLVER.MAX_ITER", str(args.iters), "SOLVER.STEPS", f"({int(args.iters * 0.8)},)",
+                "SOLVER.WARMUP_ITERS", str(min(50, args.iters // 4)),
+                "SOLVER.CHECKPOINT_PERIOD", str(max(1, args.iters // 2)), "OUTPUT_DIR", out_dir]
+    if final_iteration(checkpoint) == args.iters - 1:
+        step(2, f"training: reusing {checkpoint} ({args.iters} iterations done)")
+    else:
+        step(2, f"training {os.path.relpath(config, REPO)} for {args.iters} iterations on CPU "
+                "(a progress line every 20 iterations)")
+        run([py, "train_net.py", "--config-file", config, "--resume", *schedule], env,
+            "training", "See the log above; train_net.py names the file or key at fault.")
+
+    step(3, "evaluation: train_net.py --eval-only on the checkpoint (COCO metrics)")
+    output = run([py, "train_net.py", "--config-file", config, "--eval-only",
+                  "MODEL.WEIGHTS", checkpoint, "OUTPUT_DIR", os.path.join(out_dir, "eval")], env,
+                 "evaluation", "See the log above.")
+    results = parse_copypaste(output)
+
+    step(4, "predictions drawn on a validation image (Detectron2 Visualizer)")
+    image = pick_val_image(args.datasets)
+    predictions_png = os.path.join(out_dir, "predictions.png")
+    run([py, "scripts/demo.py", "--config-file", config, "--input", image, "--output",
+         predictions_png, "--opts", "MODEL.WEIGHTS", checkpoint], env, "the demo", "See above.")
+
+    sampling_png = os.path.join(out_dir, "sampling.png")
+    if os.path.isfile(os.path.join(REPO, "scripts", "visualize_sampling.py")):
+        step(5, "where DySample samples (scripts/visualize_sampling.py)")
+        run([py, "scripts/visualize_sampling.py", "--config-file", config, "--weights", checkpoint,
+             "--input", image, "--output", sampling_png], env, "the sampling picture", "See above.")
+    else:
+        step(5, "sampling picture skipped: scripts/visualize_sampling.py is not installed")
+        sampling_png = None
+
+    print(f"\n[quickstart] done in {time.time() - start:.0f} s on {torch.get_num_threads()} threads")
+    for task, metrics in results.items():
+        shown = ", ".join(f"{k} {v:.1f}" for k, v in list(metrics.items())[:3])
+        print(f"[quickstart] {task}: {shown}")
+    print(f"[quickstart] checkpoint:  {checkpoint}")
+    print(f"[quickstart] eval output: {os.path.join(out_dir, 'eval')}")
+    print(f"[quickstart] predictions: {predictions_png}")
+    if sampling_png:
+        print(f"[quickstart] sampling:    {sampling_png}")
+    full = FULL_CONFIGS[args.task]
+    print(
+        "\n[quickstart] On real COCO (ImageNet-pretrained R-50 from the model zoo, 8 GPUs):\n"
+        "  export DETECTRON2_DATASETS=/path/to/datasets   # holding coco/train2017, "
+        "coco/annotations, ...\n"
+        f"  python train_net.py --config-file {full} --num-gpus 8\n"
+        f"  python train_net.py --config-file {full} --eval-only MODEL.WEIGHTS "
+        "output/model_final.pth"
+    )
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except StepFailed as e:
+        sys.exit(f"\n[quickstart] ERROR: {e}")
