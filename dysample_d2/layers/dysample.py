@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .sampling import FusedDySample, use_fused
+
 __all__ = ["DySample"]
 
 STYLES = ("lp", "pl")
@@ -162,6 +164,9 @@ class DySample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_channels)
+        if use_fused(x):  # CPU, eager: one fused autograd Function (layers/sampling.py)
+            return self._forward_fused(x)
+        # CUDA, tracing, scripting, export: conv2d + grid_sample, the reference formulation
         b, c, h, w = x.shape
         grid = self.sampling_grid(x)
         # Sample in the grid's precision; grid_sample needs input and grid of one dtype.
@@ -173,6 +178,35 @@ class DySample(nn.Module):
             align_corners=False,
         )
         return sampled.view(b, c, self.scale * h, self.scale * w).to(x.dtype)
+
+
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        s = self.scale
+        grid_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        base = _cached_base_grid(s * h, s * w, x.device, grid_dtype)
+        factor = 0.5 if self.dyscope else 0.25  # the scope factor, folded into the normalizer
+        norm = torch.tensor((factor * 2.0 / w, factor * 2.0 / h), dtype=grid_dtype)
+        weight, bias = self._offset_matrix()
+        return FusedDySample.apply(x, weight, bias, base, norm, s, self.groups, self.dyscope)
+
+    def _offset_matrix(self):
+        """
+        The offset (and scope) 1x1 convs as one [M, C] matrix over the input's channels, rows
+        in the lp offset channel order (x|y, group, i, j). For style "pl" the conv reads
+        pixel_shuffle(x), whose channel c' at sub-pixel k = i * s + j is input channel
+        c' * s^2 + k: a block-diagonal matrix over the input channels does the same.
+        """
+        weight = self.offset.weight.flatten(1)
+        bias = self.offset.bias
+        if self.dyscope:
+            weight = torch.cat([weight, self.scope.weight.flatten(1)])
+        if self.style == "pl":
+            s2 = self.scale**2
+            eye = torch.eye(s2, dtype=weight.dtype, device=weight.device)
+            weight = (weight[:, None, :, None] * eye[None, :, None, :]).flatten(0, 1).flatten(1)
+            bias = bias.repeat_interleave(s2)
+        return weight, bias
 
 
 def _is_exporting() -> bool:

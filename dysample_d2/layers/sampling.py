@@ -1,0 +1,140 @@
+"""
+DySample's CPU fast path: offsets -> sampling grid -> bilinear sampling as one autograd Function.
+
+Where the time goes on CPU (torch.profiler, B=2, C=256, 100x168, 2 threads), before this path:
+the 1x1 offset conv through mkldnn (forward and backward about a quarter of a training step for
+32 output channels; the same product as one matmul is several times faster), a chain of small
+ops building the grid (scale, pixel_shuffle, permute, addcmul, reshape copy), and
+grid_sample's backward (input-gradient scatter plus grid gradient, about half of the step).
+
+This Function keeps ``grid_sampler_2d`` and its backward (one fused pass each; the pure-PyTorch
+alternatives measured here, gather/embedding_bag or dense shifted multiply-adds, need several
+output-sized temporaries and lose), and removes the rest:
+
+* offsets: one ``matmul`` of the effective weight ``[M, C]`` with ``x`` viewed ``[B, C, H*W]``;
+  the module folds style "pl" (pixel_shuffle, then conv) into a block-diagonal weight over the
+  unshuffled channels, so the same matmul serves both styles;
+* grid: one ``addcmul`` writes the normalized grid, planar ``[B*G, 2, sH, sW]``, straight from
+  the matmul output (pixel_shuffle, scope factor and normalization folded in; grid_sample reads
+  the planar layout through a permuted view as fast as an interleaved one);
+* backward: one ``grid_sampler_2d_backward``; the offset branch's input gradient is accumulated
+  in place into the sampling's input gradient (``baddbmm_``), no extra input-sized buffers.
+
+Exact: the same grid_sample (bilinear, padding "border", align_corners=False) on the same grid
+formula ``base + offset * (2/W, 2/H)``; scale factors 0.25 / 0.5 are powers of two, so folding
+them changes no bit. CUDA, tracing, scripting and export keep the plain ops (see `use_fused`).
+"""
+import torch
+
+__all__ = ["FusedDySample", "use_fused"]
+
+
+def use_fused(x: torch.Tensor) -> bool:
+    """
+    Whether DySample runs the fused Function: on CPU, in eager mode. On CUDA the plain
+    conv2d + grid_sample path stays (cuDNN's 1x1 conv and the CUDA grid_sample kernels are
+    already fused; this path's choices were measured on CPU only). Tracing, scripting and
+    export use the plain ops, which trace dynamically and export to ONNX GridSample.
+    """
+    if x.device.type != "cpu" or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False
+    onnx_exporting = getattr(torch.onnx, "is_in_onnx_export", None)
+    if onnx_exporting is not None and onnx_exporting():
+        return False
+    compiler = getattr(torch, "compiler", None)
+    return not (compiler is not None and compiler.is_compiling())
+
+
+def _grid_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class FusedDySample(torch.autograd.Function):
+    """
+    ``out = grid_sample(x, base + offsets * norm)`` with the offsets a 1x1 conv of ``x``.
+
+    Args:
+        x (Tensor[B, C, H, W]): input, any floating dtype (sampled in float32, float64 for
+            float64 inputs, like DySample's grid).
+        weight (Tensor[M, C]): offset rows (channel order of DySample's lp offset conv:
+            x|y, group, then sub-pixel (i, j)); with ``dyscope`` followed by as many scope rows.
+        bias (Tensor[M'] or None): bias of the offset rows (M' = 2 * groups * scale**2).
+        base (Tensor[sH, sW, 2]): bilinear base grid, normalized, in the grid dtype.
+        norm (Tensor[2]): (2/W, 2/H) times the scope factor (0.25 static, 0.5 dynamic).
+        scale, groups (int), dyscope (bool): as DySample's.
+
+    Returns:
+        Tensor[B, C, sH, sW] in x's dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, base, norm, scale, groups, dyscope):
+        b, c, h, w = x.shape
+        s, g = scale, groups
+        m = 2 * g * s * s
+        gdt = _grid_dtype(x.dtype)
+        x = x.contiguous()
+        xv = x.view(b, c, h * w)
+        off = torch.bmm(weight.expand(b, -1, -1), xv)  # [B, M (x2 with dyscope), H*W]
+        raw, gate = off[:, :m], None
+        if bias is not None:
+            raw.add_(bias.to(raw.dtype).view(m, 1))
+        if dyscope:
+            gate = torch.sigmoid(off[:, m:])
+            prod = raw * gate
+        else:
+            prod = raw
+        # planar grid [B, G, 2, H, s, W, s] = [B*G, 2, sH, sW] <- rows (x|y, g, i, j) of prod
+        grid = torch.empty((b, g, 2, h, s, w, s), dtype=gdt, device=x.device)
+        torch.addcmul(
+            base.permute(2, 0, 1).view(1, 1, 2, h, s, w, s),
+            prod.view(b, 2, g, s, s, h, w).permute(0, 2, 1, 5, 3, 6, 4),
+            norm.view(1, 1, 2, 1, 1, 1, 1),
+            out=grid,
+        )
+        grid = grid.view(b * g, 2, s * h, s * w).permute(0, 2, 3, 1)
+        xs = x.view(b * g, c // g, h, w).to(gdt)
+        out = torch.grid_sampler_2d(xs, grid, 0, 1, False)  # bilinear, border, align_corners=False
+        ctx.save_for_backward(xs, grid, weight, raw if dyscope else None, gate)
+        ctx.config = (b, c, h, w, s, g, m, x.dtype, norm, None if bias is None else bias.dtype)
+        return out.view(b, c, s * h, s * w).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        xs, grid, weight, raw, gate = ctx.saved_tensors
+        b, c, h, w, s, g, m, in_dtype, norm, bias_dtype = ctx.config
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        gdt = xs.dtype
+        grad_out = grad_out.to(gdt).reshape(b * g, c // g, s * h, s * w)
+        grad_xs, grad_grid = torch.ops.aten.grid_sampler_2d_backward(
+            grad_out, xs, grid, 0, 1, False, [need_x, True]
+        )
+        # d(grid)/d(offset rows) = norm, laid back out as the matmul output [B, M, H*W]
+        grad_raw = torch.empty((b, 2, g, s, s, h, w), dtype=gdt, device=xs.device)
+        torch.mul(
+            grad_grid.view(b, g, h, s, w, s, 2).permute(0, 6, 1, 3, 5, 2, 4),
+            norm.view(1, 2, 1, 1, 1, 1, 1),
+            out=grad_raw,
+        )
+        grad_raw = grad_raw.view(b, m, h * w)
+        if gate is not None:
+            grad_off = torch.cat(
+                [
+                    grad_raw * gate,
+                    torch.ops.aten.sigmoid_backward(grad_raw * raw.to(gdt), gate.to(gdt)),
+                ],
+                dim=1,
+            )
+        else:
+            grad_off = grad_raw
+        xv = xs.view(b, c, h * w)
+        grad_x = grad_w = grad_b = None
+        if need_w:
+            grad_w = torch.matmul(grad_off, xv.transpose(1, 2)).sum(0).to(weight.dtype)
+        if need_b:
+            grad_b = grad_off[:, :m].sum((0, 2)).to(bias_dtype)
+        if need_x:
+            grad_x = grad_xs.view(b, c, h * w)
+            grad_x.baddbmm_(weight.to(gdt).t().expand(b, c, weight.shape[0]), grad_off)
+            grad_x = grad_x.view(b, c, h, w).to(in_dtype)
+        return grad_x, grad_w, grad_b, None, None, None, None, None
