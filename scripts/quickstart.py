@@ -5,7 +5,6 @@ model on it with train_net.py, evaluate the checkpoint with --eval-only, and dra
 predictions (and, when available, where DySample samples). Run by scripts/quickstart.sh.
 """
 import argparse
-import glob
 import os
 import re
 import subprocess
@@ -87,10 +86,19 @@ def parse_copypaste(output):
 
 
 def pick_val_image(datasets):
-    images = sorted(glob.glob(os.path.join(datasets, "coco", "val2017", "*.jpg")))
-    if not images:
-        raise StepFailed(f"no validation image under {datasets}/coco/val2017")
-    return images[0]
+    """The validation image with the most annotated objects (ties: the first)."""
+    import json
+
+    coco = os.path.join(datasets, "coco")
+    with open(os.path.join(coco, "annotations", "instances_val2017.json")) as f:
+        data = json.load(f)
+    if not data["images"]:
+        raise StepFailed(f"no validation image in {coco}/annotations/instances_val2017.json")
+    counts = {image["id"]: 0 for image in data["images"]}
+    for annotation in data["annotations"]:
+        counts[annotation["image_id"]] += 1
+    best = max(data["images"], key=lambda image: (counts[image["id"]], -image["id"]))
+    return os.path.join(coco, "val2017", best["file_name"])
 
 
 def main(argv=None):
