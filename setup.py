@@ -14,6 +14,8 @@ setup(
     install_requires=["fvcore>=0.1.5", "pycocotools>=2.0.2", "matplotlib", "tabulate"],
     extras_require={
         "demo": ["opencv-python-headless<4.12", "panopticapi-lite"],
-        "test": ["pytest>=7", "opencv-python-headless<4.12", "panopticapi-lite"],
+        "export": ["onnx==1.23.2", "onnxruntime==1.32.0", "ml-dtypes==0.5.4"],
+        "test": ["pytest>=7", "opencv-python-headless<4.12", "panopticapi-lite",
+                 "onnx==1.23.2", "onnxruntime==1.32.0", "ml-dtypes==0.5.4"],
     },
 )

@@ -1,0 +1,165 @@
+"""
+TorchScript / ONNX export of DySample-FPN R-CNNs (dysample_d2/export.py, scripts/export_model.py).
+
+Tolerances (CPU, float32): traced vs eager, boxes 1e-4 px, scores and mask probabilities
+1e-5, classes exact (measured here: equal); ONNX Runtime vs eager FPN features,
+atol = rtol = 1e-4 on values of magnitude ~4 (measured: <= 1.3e-5). More numbers:
+docs/export_and_visualization.md.
+"""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from detectron2.export import TracingAdapter
+from detectron2.modeling import build_model
+
+from dysample_d2.export import (
+    BackboneExport,
+    ExportError,
+    export_onnx,
+    output_names,
+    trace_model,
+    tracing_adapter,
+)
+from helpers import REPO, config_path, load_config
+
+TRACE_SIZE = (64, 96)
+OTHER_SIZES = [(96, 64), (80, 112)]  # 80x112: padded to 96x128 inside
+TOLERANCES = {"pred_boxes": 1e-4, "scores": 1e-5, "pred_masks": 1e-5}
+SMALL = [  # fewer channels and a ResNet-18: the same architecture, a fraction of the time
+    "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+    "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.ROI_BOX_HEAD.FC_DIM", "128",
+    "MODEL.ROI_MASK_HEAD.CONV_DIM", "64",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "10",
+]
+
+
+def image(height, width, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (3, height, width), generator=generator).float()
+
+
+def randomize_offsets(model, seed=0):
+    """Offsets of up to about a pixel, so DySample really moves its sampling points."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name.startswith("backbone.fpn_upsample") and name.endswith(".offset"):
+                module.weight.normal_(0, 0.05, generator=generator)
+                module.bias.normal_(0, 1.0, generator=generator)
+
+
+def tiny_model(config_name):
+    torch.manual_seed(0)
+    model = build_model(load_config(config_name, opts=SMALL)).eval()
+    randomize_offsets(model)
+    return model
+
+
+def check_traced_matches_eager(model, expected_fields):
+    adapter = tracing_adapter(model, image(*TRACE_SIZE))
+    traced = trace_model(adapter, (image(*TRACE_SIZE),))
+    names = output_names(adapter)
+    assert set(expected_fields) <= set(names)
+    for seed, size in enumerate(OTHER_SIZES, start=1):
+        x = image(*size, seed=seed)
+        with torch.no_grad():
+            expected = dict(zip(names, adapter(x)))
+        actual = dict(zip(names, traced(x)))
+        assert len(expected["pred_classes"]) > 0  # the comparison covers real detections
+        assert expected["image_size"].tolist() == list(size)
+        for name in names:
+            atol = TOLERANCES.get(name, 0)
+            torch.testing.assert_close(actual[name], expected[name], atol=atol, rtol=0,
+                                       msg=lambda m: f"{name} at {size}: {m}")
+
+
+def test_traced_faster_rcnn_matches_eager_at_other_sizes():
+    model = tiny_model("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
+    check_traced_matches_eager(model, ["pred_boxes", "scores", "pred_classes"])
+
+
+def test_traced_mask_rcnn_matches_eager_at_other_sizes():
+    model = tiny_model("quickstart/mask_rcnn_R_50_DySample_FPN_tiny.yaml")
+    check_traced_matches_eager(model, ["pred_boxes", "scores", "pred_classes", "pred_masks"])
+
+
+def test_onnx_backbone_matches_eager_in_onnxruntime(tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    model = tiny_model("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
+    backbone = BackboneExport(model)
+    path = str(tmp_path / "backbone.onnx")
+    names = export_onnx(backbone, image(*TRACE_SIZE), path)
+    assert names == ["p2", "p3", "p4", "p5", "p6"]
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for seed, size in enumerate(OTHER_SIZES, start=1):
+        x = image(*size, seed=seed)
+        with torch.no_grad():
+            expected = backbone(x)
+        actual = session.run(None, {"image": x.numpy()})
+        padded = [-(-s // 32) * 32 for s in size]
+        assert expected[0].shape[-2:] == (padded[0] // 4, padded[1] // 4)
+        for name, e, a in zip(names, expected, actual):
+            torch.testing.assert_close(torch.from_numpy(a), e, atol=1e-4, rtol=1e-4,
+                                       msg=lambda m: f"{name} at {size}: {m}")
+
+
+def run_script(*args):
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "export_model.py"), *args],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+
+
+def test_cli_exports_torchscript(tmp_path):
+    config = config_path("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
+    result = run_script("--config-file", config, "--format", "torchscript",
+                        "--output", str(tmp_path), "--size", "64", "96", *SMALL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    path = tmp_path / "model.ts"
+    assert path.is_file() and path.stat().st_size > 1e6
+    assert "wrote" in result.stdout
+    assert re.search(r"64x96 \(pred_boxes \[\d+, 4\]\): max \|eager - export\|", result.stdout)
+    assert "48x120 (pred_boxes" in result.stdout  # the second size
+
+
+def test_impossible_export_says_which_op_and_module(tmp_path, capsys):
+    """Detectron2's deformable conv is a Python autograd function: neither format has it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "export_model", os.path.join(REPO, "scripts", "export_model.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    config = config_path("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
+    code = script.main([
+        "--config-file", config, "--format", "torchscript", "--output", str(tmp_path),
+        "--size", "64", "64", "MODEL.RESNETS.DEFORM_ON_PER_STAGE", "[False, False, False, True]",
+        "MODEL.FPN.OUT_CHANNELS", "64",
+    ])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "cannot export" in err and "_DeformConv" in err
+    assert "backbone.bottom_up.res5.0.conv2" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "model.ts").exists()
+
+
+def test_onnx_opset_too_old_is_refused(tmp_path):
+    model = tiny_model("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
+    with pytest.raises(ExportError, match="grid_sample needs opset >= 16"):
+        export_onnx(BackboneExport(model), image(64, 64), str(tmp_path / "x.onnx"), opset=11)
+
+
+def test_onnx_op_without_conversion_is_named(tmp_path):
+    class FFT(torch.nn.Module):
+        def forward(self, x):
+            return torch.fft.fft(x).real
+
+    x = torch.rand(3, 8, 8)
+    adapter = TracingAdapter(FFT().eval(), (x,)).eval()
+    with pytest.raises(ExportError, match=r"operator aten::fft_fft .*no ONNX conversion"):
+        export_onnx(adapter, x, str(tmp_path / "fft.onnx"))
