@@ -151,6 +151,19 @@ def test_trace_works_at_other_input_sizes():
         assert torch.allclose(traced(x), module(x), atol=1e-5)
 
 
+def test_torch_export_and_compile_work_with_dynamic_sizes():
+    module = randomize(DySample(8, 2, groups=2, dyscope=True), std=0.1).eval()
+    x = torch.randn(1, 8, 6, 10)
+    height, width = torch.export.Dim("height", min=2, max=64), torch.export.Dim("width", min=2, max=64)
+    exported = torch.export.export(module, (x,), dynamic_shapes=({2: height, 3: width},))
+    compiled = torch.compile(module, backend="eager", dynamic=True, fullgraph=True)
+    for shape in [(1, 8, 6, 10), (1, 8, 9, 5)]:
+        x = torch.randn(shape)
+        expected = module(x)
+        assert torch.allclose(exported.module()(x), expected, atol=1e-5)
+        assert torch.allclose(compiled(x), expected, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -152,10 +152,13 @@ class DySample(nn.Module):
         out_h, out_w = offset.shape[-2:]
         # [B, 2, G, sH, sW] -> [B, G, sH, sW, 2]
         offset = offset.view(b, 2, self.groups, out_h, out_w).permute(0, 2, 3, 4, 1)
-        if torch.jit.is_tracing() or torch.jit.is_scripting() or _is_exporting():
+        if torch.jit.is_tracing() or torch.jit.is_scripting() or _is_onnx_exporting():
             base = _traced_base_grid(x, self.scale, grid_dtype)
             size = torch._shape_as_tensor(x)[2:].flip(0).to(grid_dtype)  # (W, H)
             norm = 2.0 / size
+        elif _is_compiling():  # torch.compile / torch.export: sizes may be symbolic, no cache
+            base = _base_grid(out_h, out_w, x.device, grid_dtype)
+            norm = torch.tensor((2.0 / w, 2.0 / h), dtype=grid_dtype, device=x.device)
         else:
             base = _cached_base_grid(out_h, out_w, x.device, grid_dtype)
             norm = torch.tensor((2.0 / w, 2.0 / h), dtype=grid_dtype, device=x.device)
@@ -209,10 +212,12 @@ class DySample(nn.Module):
         return weight, bias
 
 
-def _is_exporting() -> bool:
+def _is_onnx_exporting() -> bool:
     is_onnx_exporting = getattr(torch.onnx, "is_in_onnx_export", None)
-    if is_onnx_exporting is not None and is_onnx_exporting():
-        return True
+    return is_onnx_exporting is not None and is_onnx_exporting()
+
+
+def _is_compiling() -> bool:
     compiler = getattr(torch, "compiler", None)
     return compiler is not None and compiler.is_compiling()
 
