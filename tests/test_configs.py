@@ -30,6 +30,14 @@ EXPECTED = {
     "COCO-PanopticSegmentation/panoptic_fpn_R_101_DySamplePlus_1x.yaml": ("PanopticFPN", 101, True, "DySample+"),
 }
 
+# The tiny CPU variants that the quickstart and the end-to-end tests train.
+QUICKSTART = {
+    "quickstart/faster_rcnn_R_50_FPN_tiny.yaml": ("GeneralizedRCNN", 50, False, "nearest"),
+    "quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml": ("GeneralizedRCNN", 50, False, "DySample"),
+    "quickstart/mask_rcnn_R_50_DySample_FPN_tiny.yaml": ("GeneralizedRCNN", 50, True, "DySample"),
+    "quickstart/panoptic_fpn_R_50_DySample_tiny.yaml": ("PanopticFPN", 50, True, "DySample"),
+}
+
 
 def leaf_configs():
     """Every config file except the Base-*.yaml files meant for inheritance."""
@@ -39,13 +47,13 @@ def leaf_configs():
 
 
 def test_every_config_is_covered():
-    assert set(leaf_configs()) == set(EXPECTED), (
+    assert set(leaf_configs()) == set(EXPECTED) | set(QUICKSTART), (
         "configs/ and EXPECTED in this test differ: describe every new config here "
         "so that the build/train/infer test below covers it"
     )
 
 
-@pytest.mark.parametrize("name", leaf_configs())
+@pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_config_describes_the_paper_system(name):
     meta_arch, depth, mask_on, upsampler = EXPECTED[name]
     cfg = load_config(name, tiny=False)
@@ -66,7 +74,7 @@ def test_config_describes_the_paper_system(name):
 
 @pytest.mark.parametrize("name", leaf_configs())
 def test_config_trains_one_step_and_infers(name):
-    meta_arch, _, mask_on, upsampler = EXPECTED[name]
+    meta_arch, _, mask_on, upsampler = {**EXPECTED, **QUICKSTART}[name]
     torch.manual_seed(0)
     cfg = load_config(name)
     model = build_model(cfg)
