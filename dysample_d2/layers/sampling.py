@@ -1,32 +1,39 @@
 """
 DySample's CPU fast path: offsets -> sampling grid -> bilinear sampling as one autograd Function.
 
-Where the time goes on CPU (torch.profiler, B=2, C=256, 100x168, 2 threads), before this path:
-the 1x1 offset conv through mkldnn (forward and backward about a quarter of a training step for
-32 output channels; the same product as one matmul is several times faster), a chain of small
-ops building the grid (scale, pixel_shuffle, permute, addcmul, reshape copy), and
-grid_sample's backward (input-gradient scatter plus grid gradient, about half of the step).
+Where the time went on CPU (torch.profiler, B=2, C=256, 100x168 -> 200x336): the 1x1 offset
+conv through mkldnn (a quarter of a training step for 32 output channels; the same product as
+one matmul is several times faster), a chain of small ops building the grid (scale,
+pixel_shuffle, permute, addcmul, reshape copy), and grid_sample's backward, whose input
+gradient is a scalar scatter per channel (about 3/4 of that backward).
 
-This Function keeps ``grid_sampler_2d`` and its backward (one fused pass each; the pure-PyTorch
-alternatives measured here, gather/embedding_bag or dense shifted multiply-adds, need several
-output-sized temporaries and lose), and removes the rest:
-
-* offsets: one ``matmul`` of the effective weight ``[M, C]`` with ``x`` viewed ``[B, C, H*W]``;
+* offsets: one ``bmm`` of the effective weight ``[M, C]`` with ``x`` viewed ``[B, C, H*W]``;
   the module folds style "pl" (pixel_shuffle, then conv) into a block-diagonal weight over the
   unshuffled channels, so the same matmul serves both styles;
 * grid: one ``addcmul`` writes the normalized grid, planar ``[B*G, 2, sH, sW]``, straight from
   the matmul output (pixel_shuffle, scope factor and normalization folded in; grid_sample reads
   the planar layout through a permuted view as fast as an interleaved one);
-* backward: one ``grid_sampler_2d_backward``; the offset branch's input gradient is accumulated
-  in place into the sampling's input gradient (``baddbmm_``), no extra input-sized buffers.
+* forward sampling: ``grid_sampler_2d`` itself (a fused gather; the alternatives measured,
+  index/embedding_bag gathers, dense shifted multiply-adds, MKL sparse matmul, were slower);
+* backward: grid_sample's backward for the grid gradient only, the input gradient as a sparse
+  matmul with DySample's fixed neighbourhood structure (input_grad.py; grid_sample's scatter
+  where MKL's sparse BLAS is missing or offsets are large), and the offset branch's input
+  gradient accumulated in place into it (``baddbmm_``), no extra input-sized buffers.
 
 Exact: the same grid_sample (bilinear, padding "border", align_corners=False) on the same grid
 formula ``base + offset * (2/W, 2/H)``; scale factors 0.25 / 0.5 are powers of two, so folding
-them changes no bit. CUDA, tracing, scripting and export keep the plain ops (see `use_fused`).
+them changes no bit; the gradients are the same sums in another order. CUDA, tracing,
+scripting and export keep the plain ops (see `use_fused`).
 """
 import torch
 
-__all__ = ["FusedDySample", "use_fused"]
+from . import input_grad
+
+__all__ = ["FusedDySample", "use_fused", "SPARSE_INPUT_GRAD"]
+
+# Input gradient as a sparse matmul (input_grad.py) where MKL's sparse BLAS is available; False:
+# grid_sample's own backward everywhere (the pure-PyTorch fallback, same results).
+SPARSE_INPUT_GRAD = True
 
 
 def use_fused(x: torch.Tensor) -> bool:
@@ -105,10 +112,17 @@ class FusedDySample(torch.autograd.Function):
         b, c, h, w, s, g, m, in_dtype, norm, bias_dtype = ctx.config
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         gdt = xs.dtype
-        grad_out = grad_out.to(gdt).reshape(b * g, c // g, s * h, s * w)
-        grad_xs, grad_grid = torch.ops.aten.grid_sampler_2d_backward(
-            grad_out, xs, grid, 0, 1, False, [need_x, True]
+        grad_out = grad_out.to(gdt).contiguous().view(b * g, c // g, s * h, s * w)
+        grad_xs = None
+        if need_x and SPARSE_INPUT_GRAD and input_grad.available(xs.device):
+            # None when too many pixels left their regular cell: grid_sample's backward then
+            grad_xs = input_grad.sparse_input_grad(grad_out, grid.permute(0, 3, 1, 2), h, w, s)
+        scatter = need_x and grad_xs is None
+        grad_scatter, grad_grid = torch.ops.aten.grid_sampler_2d_backward(
+            grad_out, xs, grid, 0, 1, False, [scatter, True]
         )
+        if scatter:
+            grad_xs = grad_scatter
         # d(grid)/d(offset rows) = norm, laid back out as the matmul output [B, M, H*W]
         grad_raw = torch.empty((b, 2, g, s, s, h, w), dtype=gdt, device=xs.device)
         torch.mul(
@@ -117,16 +131,14 @@ class FusedDySample(torch.autograd.Function):
             out=grad_raw,
         )
         grad_raw = grad_raw.view(b, m, h * w)
-        if gate is not None:
-            grad_off = torch.cat(
-                [
-                    grad_raw * gate,
-                    torch.ops.aten.sigmoid_backward(grad_raw * raw.to(gdt), gate.to(gdt)),
-                ],
-                dim=1,
-            )
-        else:
-            grad_off = grad_raw
+        grad_off = grad_raw
+        if gate is not None:  # offsets = raw * sigmoid(scope rows)
+            raw, gate = raw.to(gdt), gate.to(gdt)
+            grad_off = torch.empty((b, 2 * m, h * w), dtype=gdt, device=xs.device)
+            torch.mul(grad_raw, gate, out=grad_off[:, :m])
+            grad_scope = grad_off[:, m:]
+            torch.mul(grad_raw, raw, out=grad_scope)
+            torch.ops.aten.sigmoid_backward.grad_input(grad_scope, gate, grad_input=grad_scope)
         xv = xs.view(b, c, h * w)
         grad_x = grad_w = grad_b = None
         if need_w:

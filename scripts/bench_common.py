@@ -1,0 +1,147 @@
+"""Helpers shared by benchmark_upsamplers.py and benchmark_model.py."""
+import contextlib
+import os
+import platform
+import sys
+from collections import Counter
+
+import torch
+
+# shape/index arithmetic of the traced graphs: no arithmetic on feature maps
+_NO_FLOP_OPS = [
+    "aten::pixel_shuffle", "aten::pixel_unshuffle", "aten::cumsum", "aten::repeat_interleave",
+    "aten::ones_like", "aten::zeros_like", "aten::stack", "aten::broadcast_tensors",
+    "aten::flip", "aten::_shape_as_tensor", "aten::to", "aten::type_as", "aten::meshgrid",
+    "aten::contiguous", "aten::repeat", "aten::select", "aten::slice", "aten::view",
+    "aten::reshape", "aten::permute", "aten::unsqueeze", "aten::flatten", "aten::expand",
+]
+# elementwise arithmetic on feature-sized tensors: 1 per output element
+_ELEMENTWISE_OPS = [
+    "aten::add", "aten::add_", "aten::sub", "aten::mul", "aten::mul_", "aten::div",
+    "aten::sigmoid", "aten::addcmul", "aten::rsub", "aten::reciprocal",
+]
+
+
+def count_flops(module, inputs, analysis_cls=None):
+    """
+    fvcore FLOPs (one multiply-add = 1) of ``module(*inputs)`` on its traced graph.
+    fvcore's own handles cover conv, matmul, upsample_{nearest,bilinear}2d (1 / 4 per output
+    element) and grid_sampler (4 per output element, bilinear); added here: elementwise ops,
+    1 per output element. Returns (flops, sorted names of ops that were still not counted).
+    """
+    from fvcore.nn import FlopCountAnalysis
+    from fvcore.nn.jit_handles import elementwise_flop_counter
+
+    analysis = (analysis_cls or FlopCountAnalysis)(module, inputs)
+    for name in _NO_FLOP_OPS:
+        analysis.set_op_handle(name, None)
+    for name in _ELEMENTWISE_OPS:
+        analysis.set_op_handle(name, elementwise_flop_counter(0, 1))
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    analysis.tracer_warnings("none")
+    total = analysis.total()
+    return total, sorted(Counter(analysis.unsupported_ops()))
+
+
+def synchronize(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_memory_mb(fn, device):
+    """
+    Peak memory allocated while ``fn()`` runs, above what was allocated before, in MB.
+    CPU: every allocation and free that torch.profiler records, replayed in time order
+    (tracemalloc does not see torch's allocator; RSS misses short peaks). CUDA:
+    torch.cuda.max_memory_allocated.
+    """
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 1e6
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    )
+    current = peak = 0
+    for _, nbytes in events:
+        current += nbytes
+        peak = max(peak, current)
+    return peak / 1e6
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the profiler backend's start/stop lines, written straight to file descriptor 2."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def load_average() -> str:
+    """1-minute load average (other jobs on the machine slow multi-threaded runs down)."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "n/a"
+
+
+def machine_info(device, threads) -> dict:
+    device = torch.device(device)
+    text = (
+        f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{threads} intra-op threads"
+    )
+    if device.type == "cuda":
+        text += f", GPU {torch.cuda.get_device_name(device)}"
+    return dict(machine=text, cpu=cpu_model(), cores=os.cpu_count(), torch=torch.__version__,
+                threads=threads, device=str(device))
+
+
+def write_chart(path, rows, title):
+    """Latency vs parameters, one point per upsampler (filled: fwd+bwd, hollow: forward)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=90)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, row in enumerate(rows):
+        color = colors[i % len(colors)]
+        kparams = row["params"] / 1e3
+        ax.scatter([kparams], [row["train_ms"]], color=color, s=40, label=row["case"])
+        ax.scatter([kparams], [row["fwd_ms"]], facecolors="none", edgecolors=color, s=40)
+    ax.set_xlabel("parameters (thousands)")
+    ax.set_ylabel("latency (ms): filled fwd+bwd, hollow forward")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,262 @@
+#!/usr/bin/env python
+"""
+Whole-model benchmark of the configs in configs/: Faster R-CNN, Mask R-CNN and Panoptic FPN
+(R50) with the nearest-neighbour FPN, DySample and DySample+, random weights.
+
+Per model: parameters, inference GFLOPs (detectron2's fvcore FlopCountAnalysis, one image),
+inference latency per image at --size, one training iteration (batch 2, synthetic targets:
+forward + backward, no optimizer step) latency and peak memory, ratios to nearest. The three
+upsamplers of an architecture are interleaved and rotated every repeat. Writes DIR/results.md
+and DIR/results.json.
+
+    python scripts/benchmark_model.py --out benchmark_results/model           # 800x1333
+    python scripts/benchmark_model.py --quick --out /tmp/model                # smoke run
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+import torch  # noqa: E402
+
+from bench_common import load_average, machine_info, peak_memory_mb, synchronize  # noqa: E402
+
+CONFIGS = {
+    "faster_rcnn": ("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml",
+                    "COCO-Detection/faster_rcnn_R_50_DySample_FPN_1x.yaml",
+                    "COCO-Detection/faster_rcnn_R_50_DySamplePlus_FPN_1x.yaml"),
+    "mask_rcnn": ("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml",
+                  "COCO-InstanceSegmentation/mask_rcnn_R_50_DySample_FPN_1x.yaml",
+                  "COCO-InstanceSegmentation/mask_rcnn_R_50_DySamplePlus_FPN_1x.yaml"),
+    "panoptic_fpn": ("COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml",
+                     "COCO-PanopticSegmentation/panoptic_fpn_R_50_DySample_1x.yaml",
+                     "COCO-PanopticSegmentation/panoptic_fpn_R_50_DySamplePlus_1x.yaml"),
+}
+UPSAMPLERS = ("nearest", "DySample", "DySample+")
+
+
+def build(config, device, norm, quick=False):
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from dysample_d2 import add_dysample_config
+
+    cfg = get_cfg()
+    add_dysample_config(cfg)
+    cfg.merge_from_file(str(REPO / "configs" / config))
+    cfg.MODEL.WEIGHTS = ""  # random weights
+    cfg.MODEL.DEVICE = device
+    # random weights score every box about alike: with threshold 0 every model keeps its
+    # TEST.DETECTIONS_PER_IMAGE (100) boxes, so the mask head always runs on 100 of them
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    if norm:  # random-init FrozenBN can NaN over many iterations; one step is fine
+        cfg.MODEL.RESNETS.NORM = cfg.MODEL.FPN.NORM = norm
+    if quick:  # smoke run: light proposal and ROI settings
+        cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN = cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = 100
+        cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 20
+        cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 16
+    return build_model(cfg), cfg
+
+
+def synthetic_batch(cfg, batch_size, height, width, device, seed=0):
+    """Images with random boxes, classes, masks and (for Panoptic FPN) a semantic map."""
+    from detectron2.structures import BitMasks, Boxes, Instances
+
+    gen = torch.Generator().manual_seed(seed)
+    batch = []
+    for _ in range(batch_size):
+        xy = torch.rand(8, 2, generator=gen) * torch.tensor([width * 0.7, height * 0.7])
+        wh = (0.1 + 0.2 * torch.rand(8, 2, generator=gen)) * torch.tensor([width, height])
+        boxes = torch.cat([xy, xy + wh], dim=1)
+        masks = torch.zeros(8, height, width, dtype=torch.bool)
+        for i, (x0, y0, x1, y1) in enumerate(boxes.long().tolist()):
+            masks[i, y0:y1, x0:x1] = True
+        instances = Instances((height, width))
+        instances.gt_boxes = Boxes(boxes)
+        num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        instances.gt_classes = torch.randint(0, num_classes, (8,), generator=gen)
+        instances.gt_masks = BitMasks(masks)
+        num_sem = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+        batch.append({
+            "image": (torch.rand(3, height, width, generator=gen) * 255).to(device),
+            "instances": instances.to(device),
+            "sem_seg": torch.randint(0, num_sem, (height, width), generator=gen).to(device),
+            "height": height, "width": width,
+        })
+    return batch
+
+
+def model_flops(model, image):
+    from detectron2.utils.analysis import FlopCountAnalysis
+
+    model.eval()
+    analysis = FlopCountAnalysis(model, [{"image": image}])
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    analysis.tracer_warnings("none")
+    return analysis.total(), sorted(analysis.unsupported_ops())
+
+
+def measure_arch(arch, args, device):
+    height, width = args.size
+    models = [build(config, device, args.norm, args.quick) for config in CONFIGS[arch]]
+    # same random weights everywhere but in the upsamplers: same backbone, heads, proposals
+    shared = models[0][0].state_dict()
+    for model, _ in models[1:]:
+        model.load_state_dict(shared, strict=False)
+    batch = synthetic_batch(models[0][1], 2, height, width, device)
+    rows = []
+    for name, (model, _) in zip(UPSAMPLERS, models):
+        row = dict(arch=arch, upsampler=name, device=device,
+                   params=sum(p.numel() for p in model.parameters()), infer=[], train=[])
+        if args.flops:
+            row["flops"], row["flops_skipped"] = model_flops(model, batch[0]["image"])
+        rows.append(row)
+        print(f"  [{device}] {arch} {name}: {row['params'] / 1e6:.2f} M params"
+              + (f", {row['flops'] / 1e9:.1f} GFLOPs" if args.flops else ""), flush=True)
+
+    def infer(model):
+        model.eval()
+        with torch.no_grad():
+            model([{"image": batch[0]["image"], "height": height, "width": width}])
+
+    def train(model):
+        from detectron2.utils.events import EventStorage
+
+        model.train()
+        for p in model.parameters():
+            p.grad = None
+        with EventStorage(0):  # the heads log training statistics there
+            losses = model(batch)
+        sum(losses.values()).backward()
+
+    def timed(fn):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        return time.perf_counter() - start
+
+    for (model, _) in models:
+        for _ in range(args.warmup):
+            infer(model)
+            train(model)
+    for row, (model, _) in zip(rows, models):
+        for p in model.parameters():  # the step's own gradients count, not the last step's
+            p.grad = None
+        row["train_peak_mb"] = peak_memory_mb(lambda: train(model), device)
+    for r in range(args.repeats):
+        for i in [(r + k) % len(models) for k in range(len(models))]:
+            rows[i]["infer"].append(timed(lambda: infer(models[i][0])))
+            rows[i]["train"].append(timed(lambda: train(models[i][0])))
+    for row in rows:
+        row["infer_ms"] = 1e3 * statistics.median(row.pop("infer"))
+        row["train_ms"] = 1e3 * statistics.median(row.pop("train"))
+    base = rows[0]
+    for row in rows:
+        keys = ("params", "infer_ms", "train_ms", "train_peak_mb") + (("flops",) * args.flops)
+        for key in keys:
+            row[f"{key}_vs_nearest"] = row[key] / base[key] if base[key] else float("nan")
+        print(f"  [{device}] {arch} {row['upsampler']:<9} inference {row['infer_ms']:9.1f} ms/img "
+              f"({row['infer_ms_vs_nearest']:.3f}x nearest)  train {row['train_ms']:9.1f} ms/iter "
+              f"({row['train_ms_vs_nearest']:.3f}x)  peak {row['train_peak_mb']:.0f} MB "
+              f"({row['train_peak_mb_vs_nearest']:.3f}x)", flush=True)
+    return rows
+
+
+def write_markdown(path, rows, info, args):
+    h, w = args.size
+    lines = [
+        "# Model benchmark", "",
+        f"Command: `{info['command']}`", "",
+        f"Machine: {info['machine']}; 1-minute load average {info['load_start']} at the start, "
+        f"{info['load_end']} at the end (other jobs share the machine).", "",
+        f"Random weights{', norm ' + args.norm if args.norm else ''}; inference: one {h}x{w} "
+        f"image (latency per image); training: one iteration of batch 2 {h}x{w} with synthetic "
+        "targets, forward + backward (no optimizer step), peak = memory allocated during it "
+        f"(torch.profiler on CPU, max_memory_allocated on CUDA); median of {args.repeats} "
+        f"interleaved repeats after {args.warmup} warm-up. GFLOPs: detectron2's "
+        "FlopCountAnalysis of inference on one image. ROI_HEADS.SCORE_THRESH_TEST is 0 so that "
+        "every model keeps 100 detections (with random weights the number above the usual 0.05 "
+        "would be arbitrary) and the mask head runs on all of them.", "",
+        "| device | model | FPN upsampler | params (M) | GFLOPs | inference ms/img "
+        "| train ms/iter | train peak MB | params / nearest | GFLOPs / nearest "
+        "| inference / nearest | train / nearest | peak / nearest |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        flops = f"{r['flops'] / 1e9:.1f}" if "flops" in r else "-"
+        flops_ratio = f"{r['flops_vs_nearest']:.4f}" if "flops" in r else "-"
+        lines.append(
+            f"| {r['device']} | {r['arch']} | {r['upsampler']} | {r['params'] / 1e6:.3f} "
+            f"| {flops} | {r['infer_ms']:.1f} | {r['train_ms']:.1f} | {r['train_peak_mb']:.0f} "
+            f"| {r['params_vs_nearest']:.4f} | {flops_ratio} | {r['infer_ms_vs_nearest']:.3f} "
+            f"| {r['train_ms_vs_nearest']:.3f} | {r['train_peak_mb_vs_nearest']:.3f} |"
+        )
+    skipped = sorted({op for r in rows for op in r.get("flops_skipped", [])})
+    if args.flops:
+        lines += ["", f"Ops fvcore did not count: {', '.join(skipped) or 'none'}."]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", default=None, help="HxW of the images (default 800x1333)")
+    p.add_argument("--archs", default=",".join(CONFIGS), help="comma-separated subset of "
+                   + ", ".join(CONFIGS))
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: CPU, and CUDA too when available")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs (default 3)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 1)")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
+    p.add_argument("--norm", default="", help='e.g. "GN" for RESNETS.NORM and FPN.NORM')
+    p.add_argument("--no-flops", dest="flops", action="store_false", help="skip FLOP counting")
+    p.add_argument("--out", default="benchmark_results/model", help="output directory")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 64x96 images, light RPN/ROI settings, 1 repeat, no warm-up")
+    args = p.parse_args(argv)
+    size = args.size or ("64x96" if args.quick else "800x1333")
+    args.size = tuple(int(v) for v in size.lower().split("x"))
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    if args.warmup is None:
+        args.warmup = 0 if args.quick else 1
+    args.archs = [a for a in args.archs.split(",") if a]
+    unknown = set(args.archs) - set(CONFIGS)
+    if unknown:
+        p.error(f"--archs: unknown {sorted(unknown)}; choose from {list(CONFIGS)}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if args.device != "auto":
+        if args.device == "cuda" and not torch.cuda.is_available():
+            sys.exit("--device cuda: CUDA is not available")
+        devices = [args.device]
+    info = machine_info(devices[-1], args.threads)
+    info["command"] = "python " + " ".join([os.path.relpath(__file__, REPO)] + sys.argv[1:])
+    info["load_start"] = load_average()
+    print(info["machine"], flush=True)
+    rows = []
+    for device in devices:
+        for arch in args.archs:
+            rows += measure_arch(arch, args, device)
+    info["load_end"] = load_average()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(dict(info=info, rows=rows), indent=1))
+    write_markdown(out / "results.md", rows, info, args)
+    print(f"wrote {out / 'results.md'}")
+
+
+if __name__ == "__main__":
+    main()

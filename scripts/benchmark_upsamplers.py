@@ -1,0 +1,210 @@
+#!/usr/bin/env python
+"""
+Upsampler micro-benchmark: nearest, bilinear, the project's DySample (lp/pl x static/dynamic
+scope) and the straightforward DySample of tests/reference_dysample.py, x2 upsampling.
+
+Per case: parameters, FLOPs (fvcore, counted on the traced graph), forward and forward+backward
+latency (medians after warm-up, cases interleaved and rotated every repeat so that load drift
+hits all alike), peak memory of a forward and of a training step, ratios to bilinear/nearest.
+Writes DIR/results.md, DIR/results.json and DIR/latency_vs_params.png.
+
+    python scripts/benchmark_upsamplers.py --out benchmark_results/upsamplers
+    python scripts/benchmark_upsamplers.py --quick --out /tmp/up     # smoke run, seconds
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from bench_common import (  # noqa: E402
+    count_flops, load_average, machine_info, peak_memory_mb, synchronize, write_chart,
+)
+
+DEFAULT_SHAPES = [(2, 256, 25, 42), (2, 256, 50, 84), (2, 256, 100, 168)]
+QUICK_SHAPES = [(1, 16, 6, 10)]
+VARIANTS = [("lp", False), ("pl", False), ("lp", True), ("pl", True)]
+
+
+class Interpolate(nn.Module):
+    def __init__(self, mode, scale):
+        super().__init__()
+        self.mode, self.scale = mode, scale
+
+    def forward(self, x):
+        align = False if self.mode == "bilinear" else None
+        return F.interpolate(x, scale_factor=self.scale, mode=self.mode, align_corners=align)
+
+
+def build_cases(channels, scale, groups, dtype, device):
+    from dysample_d2 import DySample
+    from reference_dysample import ReferenceDySample
+
+    cases = [(mode, Interpolate(mode, scale)) for mode in ("nearest", "bilinear")]
+    references = []
+    for style, dyscope in VARIANTS:
+        tag = f"{style}{'+' if dyscope else ''}"
+        module = DySample(channels, scale, style=style, groups=groups, dyscope=dyscope)
+        reference = ReferenceDySample(channels, scale, style, groups, dyscope)
+        reference.load_state_dict(module.state_dict())  # same weights: same outputs
+        cases.append((f"DySample-{tag}", module))
+        references.append((f"straightforward-{tag}", reference))
+    return [(name, m.to(device=device, dtype=dtype)) for name, m in cases + references]
+
+
+def time_once(fn, device):
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def measure_shape(shape, args, device, dtype):
+    b, c, h, w = shape
+    cases = build_cases(c, args.scale, args.groups, dtype, device)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+    x_train = x.clone().requires_grad_()
+    grad = torch.randn(b, c, h * args.scale, w * args.scale, generator=gen)
+    grad = grad.to(device=device, dtype=dtype)
+    rows = []
+    for name, module in cases:
+        flops, skipped = count_flops(module, (x,))
+        rows.append(dict(shape=f"{b}x{c}x{h}x{w}", case=name,
+                         params=sum(p.numel() for p in module.parameters()),
+                         flops=flops, flops_skipped=skipped, fwd=[], train=[]))
+
+    def forward(module):
+        with torch.no_grad():
+            module(x)
+
+    def clear_grads(module):
+        x_train.grad = None
+        for p in module.parameters():
+            p.grad = None
+
+    def train(module):
+        clear_grads(module)
+        module(x_train).backward(grad)
+
+    for name, module in cases:  # warm-up, and peak memory outside the timed runs
+        for _ in range(args.warmup):
+            forward(module)
+            train(module)
+    for row, (name, module) in zip(rows, cases):
+        row["fwd_peak_mb"] = peak_memory_mb(lambda: forward(module), device)
+        clear_grads(module)  # the step's own gradients count, not the last step's
+        row["train_peak_mb"] = peak_memory_mb(lambda: module(x_train).backward(grad), device)
+    order = list(range(len(cases)))
+    for r in range(args.repeats):
+        for i in order[r % len(order):] + order[: r % len(order)]:
+            module = cases[i][1]
+            rows[i]["fwd"].append(time_once(lambda: forward(module), device))
+            rows[i]["train"].append(time_once(lambda: train(module), device))
+    for row in rows:
+        row["fwd_ms"] = 1e3 * statistics.median(row.pop("fwd"))
+        row["train_ms"] = 1e3 * statistics.median(row.pop("train"))
+    ref = {row["case"]: row for row in rows}
+    for row in rows:
+        for base in ("bilinear", "nearest"):
+            row[f"fwd_vs_{base}"] = row["fwd_ms"] / ref[base]["fwd_ms"]
+            row[f"train_vs_{base}"] = row["train_ms"] / ref[base]["train_ms"]
+        print(
+            f"  [{row['shape']}] {row['case']:<22} fwd {row['fwd_ms']:8.2f} ms "
+            f"({row['fwd_vs_bilinear']:.2f}x bilinear)  fwd+bwd {row['train_ms']:8.2f} ms "
+            f"({row['train_vs_bilinear']:.2f}x)  peak {row['train_peak_mb']:.1f} MB",
+            flush=True,
+        )
+    return rows
+
+
+def write_markdown(path, rows, info, args):
+    lines = [
+        "# Upsampler benchmark", "",
+        f"Command: `{info['command']}`", "",
+        f"Machine: {info['machine']}; 1-minute load average {info['load_start']} at the start, "
+        f"{info['load_end']} at the end (other jobs share the machine).", "",
+        f"Device {args.device}, dtype {args.dtype}, scale x{args.scale}, groups {args.groups}, "
+        f"median of {args.repeats} interleaved repeats after {args.warmup} warm-up. "
+        "FLOPs: fvcore on the traced graph (multiply-adds; grid_sampler 4 per output "
+        "element, elementwise ops 1 per element via handles added here); peak: memory "
+        "allocated during one forward / one training step (torch.profiler on CPU, "
+        "max_memory_allocated on CUDA).", "",
+        "| input | upsampler | params | MFLOPs | fwd ms | fwd+bwd ms | fwd peak MB "
+        "| train peak MB | fwd / bilinear | fwd+bwd / bilinear | fwd / nearest "
+        "| fwd+bwd / nearest |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['shape']} | {r['case']} | {r['params']:,} | {r['flops'] / 1e6:.1f} "
+            f"| {r['fwd_ms']:.2f} | {r['train_ms']:.2f} | {r['fwd_peak_mb']:.1f} "
+            f"| {r['train_peak_mb']:.1f} | {r['fwd_vs_bilinear']:.2f} "
+            f"| {r['train_vs_bilinear']:.2f} | {r['fwd_vs_nearest']:.2f} "
+            f"| {r['train_vs_nearest']:.2f} |"
+        )
+    skipped = sorted({op for r in rows for op in r["flops_skipped"]})
+    lines += ["", f"Ops without a FLOP handle (not counted): {', '.join(skipped) or 'none'}."]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per case (default 5)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
+    p.add_argument("--shape", action="append", default=[], metavar="B,C,H,W",
+                   help="an extra input shape (repeatable)")
+    p.add_argument("--scale", type=int, default=2)
+    p.add_argument("--groups", type=int, default=4)
+    p.add_argument("--out", default="benchmark_results/upsamplers", help="output directory")
+    p.add_argument("--quick", action="store_true", help="one tiny shape, 1 repeat: smoke run")
+    args = p.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 5
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: CUDA is not available")
+    torch.set_num_threads(args.threads)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    shapes = list(QUICK_SHAPES if args.quick else DEFAULT_SHAPES)
+    shapes += [tuple(int(v) for v in s.split(",")) for s in args.shape]
+    info = machine_info(device, args.threads)
+    info["command"] = "python " + " ".join([os.path.relpath(__file__, REPO)] + sys.argv[1:])
+    info["load_start"] = load_average()
+    print(f"{info['machine']}\n{len(shapes)} shapes x 10 upsamplers, {args.repeats} repeats",
+          flush=True)
+    rows = []
+    for shape in shapes:
+        print(f"input {shape}:", flush=True)
+        rows += measure_shape(shape, args, device, dtype)
+    info["load_end"] = load_average()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(dict(info=info, rows=rows), indent=1))
+    write_markdown(out / "results.md", rows, info, args)
+    shapes_done = [r["shape"] for r in rows]
+    chart_shape = "2x256x50x84" if "2x256x50x84" in shapes_done else shapes_done[-1]
+    write_chart(out / "latency_vs_params.png", [r for r in rows if r["shape"] == chart_shape],
+                f"x{args.scale} upsampling, input {chart_shape}, {args.device} {args.dtype}")
+    print(f"wrote {out / 'results.md'}, {out / 'latency_vs_params.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""The benchmark scripts run end to end (--quick: tiny inputs, one repeat) and write their files."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_script(name, out_dir, *args):
+    # one thread: a smoke run, and 2-thread runs crawl when other jobs load the machine
+    cmd = [sys.executable, os.path.join(REPO, "scripts", name), "--quick", "--threads", "1",
+           "--out", str(out_dir)]
+    result = subprocess.run(
+        cmd + list(args), cwd=REPO, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def table_rows(markdown):
+    return [line.split("|")[1:-1] for line in markdown.splitlines() if line.startswith("| ")][1:]
+
+
+def test_benchmark_upsamplers_quick(tmp_path):
+    stdout = run_script("benchmark_upsamplers.py", tmp_path, "--shape", "1,8,5,7")
+    markdown = (tmp_path / "results.md").read_text()
+    rows = table_rows(markdown)
+    names = ["nearest", "bilinear"] + [
+        f"{impl}-{variant}"
+        for impl in ("DySample", "straightforward")
+        for variant in ("lp", "pl", "lp+", "pl+")
+    ]
+    for shape in ("1x16x6x10", "1x8x5x7"):
+        assert [r[1].strip() for r in rows if r[0].strip() == shape] == names
+    for row in rows:
+        assert float(row[4]) > 0 and float(row[5]) > 0  # fwd, fwd+bwd ms
+    bilinear = [r for r in rows if r[1].strip() == "bilinear"][0]
+    assert float(bilinear[8]) == 1.0  # fwd / bilinear
+    assert stdout.count("fwd+bwd") == len(rows)  # a progress line per case
+    chart = tmp_path / "latency_vs_params.png"
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 0 < chart.stat().st_size < 200_000
+    assert (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("arch", ["faster_rcnn"])
+def test_benchmark_model_quick(tmp_path, arch):
+    run_script("benchmark_model.py", tmp_path, "--archs", arch, "--device", "cpu")
+    rows = table_rows((tmp_path / "results.md").read_text())
+    assert [(r[1].strip(), r[2].strip()) for r in rows] == [
+        (arch, "nearest"), (arch, "DySample"), (arch, "DySample+")
+    ]
+    params = [float(r[3]) for r in rows]
+    assert params[0] < params[1] < params[2]  # DySample+ adds the scope convs
+    assert all(float(r[4]) > 0 for r in rows)  # GFLOPs
+    assert [r[8].strip() for r in rows][0] == "1.0000"  # params / nearest
