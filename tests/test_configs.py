@@ -39,6 +39,43 @@ QUICKSTART = {
 }
 
 
+# The DySample authors' released mmdet checkpoints, evaluated as mmdet runs them (converted with
+# scripts/convert_mmdet_checkpoint.py): config -> (the COCO-* config it inherits, the released
+# checkpoint file name). Architecture columns come from that COCO-* config's EXPECTED row.
+EXPECTED_MMDET = {
+    "mmdet-recipe/faster_rcnn_R_50_DySample_FPN_1x_mmdet.yaml": (
+        "COCO-Detection/faster_rcnn_R_50_DySample_FPN_1x.yaml",
+        "faster_rcnn_r50_fpn_dysample-lpg4_1x_coco.pth"),
+    "mmdet-recipe/faster_rcnn_R_50_DySamplePlus_FPN_1x_mmdet.yaml": (
+        "COCO-Detection/faster_rcnn_R_50_DySamplePlus_FPN_1x.yaml",
+        "faster_rcnn_r50_fpn_dysample-lpg4ds_1x_coco.pth"),
+    "mmdet-recipe/faster_rcnn_R_101_DySamplePlus_FPN_1x_mmdet.yaml": (
+        "COCO-Detection/faster_rcnn_R_101_DySamplePlus_FPN_1x.yaml",
+        "faster_rcnn_r101_fpn_dysample-lpg4ds_1x_coco.pth"),
+    "mmdet-recipe/mask_rcnn_R_50_DySample_FPN_1x_mmdet.yaml": (
+        "COCO-InstanceSegmentation/mask_rcnn_R_50_DySample_FPN_1x.yaml",
+        "mask_rcnn_r50_fpn_dysample-lpg4_1x_coco.pth"),
+    "mmdet-recipe/mask_rcnn_R_50_DySamplePlus_FPN_1x_mmdet.yaml": (
+        "COCO-InstanceSegmentation/mask_rcnn_R_50_DySamplePlus_FPN_1x.yaml",
+        "mask_rcnn_r50_fpn_dysample-lpg4ds_1x_coco.pth"),
+    "mmdet-recipe/mask_rcnn_R_101_DySamplePlus_FPN_1x_mmdet.yaml": (
+        "COCO-InstanceSegmentation/mask_rcnn_R_101_DySamplePlus_FPN_1x.yaml",
+        "mask_rcnn_r101_fpn_dysample-lpg4ds_1x_coco.pth"),
+    "mmdet-recipe/panoptic_fpn_R_50_DySample_1x_mmdet.yaml": (
+        "COCO-PanopticSegmentation/panoptic_fpn_R_50_DySample_1x.yaml",
+        "panoptic_fpn_r50_fpn_dysample-lpg4_1x_coco.pth"),
+    "mmdet-recipe/panoptic_fpn_R_50_DySamplePlus_1x_mmdet.yaml": (
+        "COCO-PanopticSegmentation/panoptic_fpn_R_50_DySamplePlus_1x.yaml",
+        "panoptic_fpn_r50_fpn_dysample-lpg4ds_1x_coco.pth"),
+    "mmdet-recipe/panoptic_fpn_R_101_DySamplePlus_1x_mmdet.yaml": (
+        "COCO-PanopticSegmentation/panoptic_fpn_R_101_DySamplePlus_1x.yaml",
+        "panoptic_fpn_r101_fpn_dysample-lpg4ds_1x_coco.pth"),
+}
+# Every leaf config -> (meta-architecture, depth, mask head, upsampler).
+SYSTEMS = {**EXPECTED, **QUICKSTART,
+           **{name: EXPECTED[base] for name, (base, _) in EXPECTED_MMDET.items()}}
+
+
 def leaf_configs():
     """Every config file except the Base-*.yaml files meant for inheritance."""
     paths = glob.glob(os.path.join(CONFIG_DIR, "**", "*.yaml"), recursive=True)
@@ -47,9 +84,9 @@ def leaf_configs():
 
 
 def test_every_config_is_covered():
-    assert set(leaf_configs()) == set(EXPECTED) | set(QUICKSTART), (
-        "configs/ and EXPECTED in this test differ: describe every new config here "
-        "so that the build/train/infer test below covers it"
+    assert set(leaf_configs()) == set(EXPECTED) | set(EXPECTED_MMDET) | set(QUICKSTART), (
+        "configs/ and EXPECTED / EXPECTED_MMDET / QUICKSTART in this test differ: describe "
+        "every new config here so that the build/train/infer test below covers it"
     )
 
 
@@ -72,9 +109,31 @@ def test_config_describes_the_paper_system(name):
     assert f"R-{depth}.pkl" in cfg.MODEL.WEIGHTS
 
 
+@pytest.mark.parametrize("name", sorted(EXPECTED_MMDET))
+def test_mmdet_recipe_config_is_its_system_run_as_mmdet_runs_it(name):
+    """The architecture of the COCO-* config it inherits; mmdet's input, ResNet and tests."""
+    from dysample_d2.convert import RELEASED_CHECKPOINTS, check_mmdet_recipe, task_of_config
+
+    base, released = EXPECTED_MMDET[name]
+    cfg, base_cfg = load_config(name, tiny=False), load_config(base, tiny=False)
+    assert check_mmdet_recipe(cfg) == [] and check_mmdet_recipe(base_cfg) != []
+    for key in ("META_ARCHITECTURE", "MASK_ON", "BACKBONE", "FPN", "ANCHOR_GENERATOR",
+                "ROI_BOX_HEAD", "ROI_MASK_HEAD", "SEM_SEG_HEAD"):
+        assert cfg.MODEL[key] == base_cfg.MODEL[key], key
+    assert cfg.MODEL.RESNETS.DEPTH == base_cfg.MODEL.RESNETS.DEPTH
+    assert (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST) == (800, 1333)
+    assert (cfg.MODEL.RPN.PRE_NMS_TOPK_TEST, cfg.MODEL.RPN.POST_NMS_TOPK_TEST) == (1000, 1000)
+    assert (cfg.MODEL.RPN.NMS_THRESH, cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST) == (0.7, 0.5)
+    assert cfg.TEST.DETECTIONS_PER_IMAGE == 100
+    panoptic = task_of_config(cfg) == "panoptic"
+    assert cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST == (0.6 if panoptic else 0.05)
+    assert RELEASED_CHECKPOINTS[released] == os.path.basename(name)
+    assert cfg.MODEL.WEIGHTS == f"checkpoints/mmdet/{released[:-len('.pth')]}_d2.pth"
+
+
 @pytest.mark.parametrize("name", leaf_configs())
 def test_config_trains_one_step_and_infers(name):
-    meta_arch, _, mask_on, upsampler = {**EXPECTED, **QUICKSTART}[name]
+    meta_arch, _, mask_on, upsampler = SYSTEMS[name]
     torch.manual_seed(0)
     cfg = load_config(name)
     model = build_model(cfg)
