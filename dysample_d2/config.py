@@ -12,11 +12,15 @@ def add_dysample_config(cfg):
                                 must divide MODEL.FPN.OUT_CHANNELS.
     MODEL.FPN.DYSAMPLE.DYSCOPE: False: static scope (DySample); True: dynamic scope
                                 (DySample+).
+    MODEL.FPN.DYSAMPLE.SCOPE_BIAS: True gives DySample+'s scope conv a bias, as in the
+                                authors' first dysample.py release (for checkpoints trained
+                                with it); needs DYSCOPE True.
     """
     cfg.MODEL.FPN.DYSAMPLE = CN()
     cfg.MODEL.FPN.DYSAMPLE.STYLE = "lp"
     cfg.MODEL.FPN.DYSAMPLE.GROUPS = 4
     cfg.MODEL.FPN.DYSAMPLE.DYSCOPE = False
+    cfg.MODEL.FPN.DYSAMPLE.SCOPE_BIAS = False
 
 
 def dysample_kwargs_from_config(cfg) -> dict:
@@ -24,7 +28,7 @@ def dysample_kwargs_from_config(cfg) -> dict:
     Read and validate MODEL.FPN.DYSAMPLE.*, raising with the key name and allowed values.
 
     Returns:
-        dict with keys style, groups, dyscope (the DySample constructor's arguments).
+        dict with keys style, groups, dyscope, scope_bias (DySample's constructor arguments).
     """
     if "DYSAMPLE" not in cfg.MODEL.FPN:
         raise KeyError(
@@ -53,4 +57,14 @@ def dysample_kwargs_from_config(cfg) -> dict:
         )
     if not isinstance(node.DYSCOPE, bool):
         raise ValueError(f"MODEL.FPN.DYSAMPLE.DYSCOPE must be true or false, got {node.DYSCOPE!r}")
-    return {"style": node.STYLE, "groups": groups, "dyscope": node.DYSCOPE}
+    if not isinstance(node.SCOPE_BIAS, bool):
+        raise ValueError(
+            f"MODEL.FPN.DYSAMPLE.SCOPE_BIAS must be true or false, got {node.SCOPE_BIAS!r}"
+        )
+    if node.SCOPE_BIAS and not node.DYSCOPE:
+        raise ValueError(
+            "MODEL.FPN.DYSAMPLE.SCOPE_BIAS True needs MODEL.FPN.DYSAMPLE.DYSCOPE True "
+            "(only DySample+ has a scope conv)"
+        )
+    return {"style": node.STYLE, "groups": groups, "dyscope": node.DYSCOPE,
+            "scope_bias": node.SCOPE_BIAS}

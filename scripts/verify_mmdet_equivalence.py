@@ -42,11 +42,10 @@ def run(cmd, **kwargs):
     return subprocess.run(cmd, cwd=REPO, **kwargs)
 
 
-def convert_cmd(project_py, workdir, ckpt_case, config, opts):
+def convert_cmd(project_py, workdir, ckpt_case, config, opts, out_name="d2.pth"):
     cmd = [project_py, os.path.join(HERE, "convert_mmdet_checkpoint.py"),
            os.path.join(workdir, ckpt_case, "mmdet.pth"),
-           os.path.join(workdir, ckpt_case, "d2.pth" if config == CASES[ckpt_case]["config"]
-                        else "refused.pth"),
+           os.path.join(workdir, ckpt_case, out_name),
            "--config-file", os.path.join(REPO, "configs", config)]
     return cmd + (["--opts"] + list(opts) if opts else [])
 
@@ -153,8 +152,8 @@ def main(argv=None):
     for ckpt_case, config, opts, expected in REFUSALS:
         if ckpt_case not in cases:
             continue
-        proc = run(convert_cmd(args.project_python, args.workdir, ckpt_case, config, opts),
-                   capture_output=True, text=True)
+        proc = run(convert_cmd(args.project_python, args.workdir, ckpt_case, config, opts,
+                               out_name="refused.pth"), capture_output=True, text=True)
         refused = proc.returncode == 2 and expected in proc.stderr
         refusals.append({"checkpoint": ckpt_case, "config": config, "refused": refused,
                          "expected_in_message": expected,

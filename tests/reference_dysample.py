@@ -9,7 +9,7 @@ from torch import nn
 
 
 class ReferenceDySample(nn.Module):
-    def __init__(self, in_channels, scale=2, style="lp", groups=4, dyscope=False):
+    def __init__(self, in_channels, scale=2, style="lp", groups=4, dyscope=False, scope_bias=False):
         super().__init__()
         self.scale, self.style, self.groups = scale, style, groups
         if style == "pl":
@@ -18,7 +18,7 @@ class ReferenceDySample(nn.Module):
             conv_in, conv_out = in_channels, 2 * groups * scale**2
         self.offset = nn.Conv2d(conv_in, conv_out, 1)
         if dyscope:
-            self.scope = nn.Conv2d(conv_in, conv_out, 1, bias=False)
+            self.scope = nn.Conv2d(conv_in, conv_out, 1, bias=scope_bias)
         self.register_buffer("init_pos", self._init_pos())
 
     def _init_pos(self):

@@ -22,7 +22,7 @@ from dysample_d2.convert import (
     reorder_semantic_classes,
     save_checkpoint,
 )
-from dysample_d2.engine import load_exact_checkpoint, setup_config
+from dysample_d2.engine import CheckpointMismatchError, load_exact_checkpoint, setup_config
 
 from helpers import CONFIG_DIR
 
@@ -286,16 +286,37 @@ def test_wrong_task_or_recipe_is_refused_before_mapping(keys, config_name, task,
         assert words in str(info.value)
 
 
-def test_dysampleplus_scope_bias_only_when_zero():
+def test_dysampleplus_scope_bias_needs_the_scope_bias_key(scratch):
+    """The authors' first dysample.py gave the scope conv a bias: dropped when all zero,
+    converted into a SCOPE_BIAS model, refused (with the fix) for a bias-free one."""
     name = "mask_r50_dysampleplus"
     cfg = config(MODELS[name]["config"])
     zero = {f"neck.upsample_modules.{i}.scope.bias": torch.zeros(32) for i in range(3)}
     converted, report = convert_state_dict(random_state(name, **zero), meta_reference(cfg))
     assert "neck.upsample_modules.2.scope.bias" in report.dropped
     assert not any("scope.bias" in k for k in converted)
-    nonzero = dict(zero, **{"neck.upsample_modules.1.scope.bias": torch.full((32,), 0.1)})
-    assert "upsample_modules.1.scope.bias: non-zero" in refuse(
-        name, MODELS[name]["config"], state=random_state(name, **nonzero))
+
+    biased = {f"neck.upsample_modules.{i}.scope.bias": torch.randn(32) for i in range(3)}
+    state = random_state(name, **biased)
+    message = refuse(name, MODELS[name]["config"], state=state)
+    assert "upsample_modules.1.scope.bias: non-zero" in message
+    assert "MODEL.FPN.DYSAMPLE.SCOPE_BIAS True" in message
+
+    opts = ["MODEL.FPN.DYSAMPLE.SCOPE_BIAS", "True"]
+    biased_cfg = config(MODELS[name]["config"], opts)
+    converted, report = convert_state_dict(state, meta_reference(biased_cfg))
+    for index, stage in enumerate((3, 4, 5)):  # module i takes level i + 1 to level i
+        assert torch.equal(converted[f"backbone.fpn_upsample{stage}.scope.bias"],
+                           biased[f"neck.upsample_modules.{index}.scope.bias"])
+    # and a SCOPE_BIAS model needs the bias: a bias-free checkpoint leaves it missing
+    assert "backbone.fpn_upsample4.scope.bias" in refuse(name, MODELS[name]["config"], opts)
+
+    # evaluating the converted file without the key names the key to set
+    out = str(scratch / "biased.pth")
+    save_checkpoint({"model": converted, "matching_heuristics": False}, out)
+    model = build_model(cfg)
+    with pytest.raises(CheckpointMismatchError, match="set MODEL.FPN.DYSAMPLE.SCOPE_BIAS True"):
+        load_exact_checkpoint(model, out)
 
 
 def test_command_line(scratch, capsys):

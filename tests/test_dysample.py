@@ -174,6 +174,8 @@ def test_torch_export_and_compile_work_with_dynamic_sizes():
         (dict(in_channels=16, scale=1), "scale must be an int >= 2"),
         (dict(in_channels=16, scale=2.0), "scale must be an int >= 2"),
         (dict(in_channels=16, dyscope="yes"), "dyscope must be True or False"),
+        (dict(in_channels=16, dyscope=True, scope_bias=1), "scope_bias must be True or False"),
+        (dict(in_channels=16, scope_bias=True), "scope_bias=True needs dyscope=True"),
     ],
 )
 def test_invalid_arguments_are_rejected(kwargs, message):

@@ -58,6 +58,15 @@ def test_parameter_delta_matches_released_neck(nearest, dysample, expected_delta
     assert len(upsamplers) == 3  # one per top-down step, P6 comes from max-pool
 
 
+def test_scope_bias_key_adds_the_first_release_bias():
+    plain = backbone(R50_DYSAMPLE_PLUS, tiny=True)
+    biased = backbone(R50_DYSAMPLE_PLUS, tiny=True, opts=["MODEL.FPN.DYSAMPLE.SCOPE_BIAS", "True"])
+    assert num_params(biased) - num_params(plain) == 3 * 32
+    assert {k for k in biased.state_dict() if k.endswith("scope.bias")} == {
+        f"fpn_upsample{stage}.scope.bias" for stage in (3, 4, 5)
+    }
+
+
 def test_nearest_checkpoint_loads_with_only_upsamplers_missing():
     nearest, dysample = backbone(R50_DET, tiny=True), backbone(R50_DYSAMPLE_PLUS, tiny=True)
     result = dysample.load_state_dict(nearest.state_dict(), strict=False)
@@ -94,6 +103,10 @@ def test_retinanet_builder_has_p6_p7():
          "MODEL.FPN.DYSAMPLE.GROUPS must be an int >= 1, got 0"),
         (["DYSCOPE", "yes"], ValueError,
          "MODEL.FPN.DYSAMPLE.DYSCOPE must be true or false"),
+        (["SCOPE_BIAS", True], ValueError,
+         "MODEL.FPN.DYSAMPLE.SCOPE_BIAS True needs MODEL.FPN.DYSAMPLE.DYSCOPE True"),
+        (["SCOPE_BIAS", 1], ValueError,
+         "MODEL.FPN.DYSAMPLE.SCOPE_BIAS must be true or false, got 1"),
     ],
 )
 def test_invalid_config_values_raise_at_build(key_value, error, message):

@@ -21,7 +21,8 @@ def randomize(module, std=0.5, seed=0):
 def exact_reference(module):
     """The straightforward implementation with the module's weights, in float64."""
     reference = ReferenceDySample(
-        module.in_channels, module.scale, module.style, module.groups, module.dyscope
+        module.in_channels, module.scale, module.style, module.groups, module.dyscope,
+        module.scope_bias,
     )
     reference.load_state_dict(module.state_dict())
     reference.double()
@@ -41,10 +42,10 @@ def outputs_and_grads(module, x, grad):
     return out, grads
 
 
-@pytest.fixture
-def plain_path(monkeypatch):
-    """Run DySample through conv2d + grid_sample (its CUDA / tracing path) on CPU."""
-    monkeypatch.setattr(dysample_module, "use_fused", lambda x: False)
+@pytest.fixture(autouse=True)
+def sparse_input_grad_at_small_sizes(monkeypatch):
+    """The sparse input gradient at every size here, whatever MIN_NUMEL a user has set."""
+    monkeypatch.setattr(input_grad, "MIN_NUMEL", 0)
 
 
 @pytest.mark.parametrize("style", ["lp", "pl"])
@@ -65,17 +66,39 @@ def test_equals_reference_float64_forward_and_gradients(style, scale, dyscope, g
         assert (g - r).abs().max().item() < 1e-9, name
 
 
-@pytest.mark.parametrize("dyscope", [False, True])
+@pytest.mark.parametrize("style", ["lp", "pl"])
+@pytest.mark.parametrize("scale", [2, 3])
+@pytest.mark.parametrize("std", [0.02, 0.5])
+def test_scope_bias_equals_reference_float64(style, scale, std):
+    channels = 4 * scale**2
+    module = DySample(channels, scale, style, 2, dyscope=True, scope_bias=True)
+    module = randomize(module, std=std).double()
+    assert module.scope.bias.abs().min() > 0
+    reference = exact_reference(module)
+    x = torch.randn(2, channels, 5, 6, dtype=torch.float64)
+    grad = torch.randn(2, channels, 5 * scale, 6 * scale, dtype=torch.float64)
+    out, grads = outputs_and_grads(module, x, grad)
+    ref_out, ref_grads = outputs_and_grads(reference, x, grad)
+    assert (out - ref_out).abs().max().item() < 1e-9
+    for name, g, r in zip(["x"] + [n for n, _ in module.named_parameters()], grads, ref_grads):
+        assert (g - r).abs().max().item() < 1e-9, name
+    # the bias matters: without it the output differs
+    module.scope.bias.data.zero_()
+    assert (module(x) - ref_out).abs().max().item() > 1e-6
+
+
+@pytest.mark.parametrize("dyscope,scope_bias", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("std", [0.05, 1.0])
-def test_gradcheck_of_the_function(dyscope, groups, std):
+def test_gradcheck_of_the_function(dyscope, scope_bias, groups, std):
     scale, channels, h, w = 2, 2 * groups, 2, 3
     rows = 2 * groups * scale**2 * (2 if dyscope else 1)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, channels, h, w, dtype=torch.float64, generator=gen).requires_grad_()
     weight = torch.randn(rows, channels, dtype=torch.float64, generator=gen) * std
     weight.requires_grad_()
-    bias = torch.randn(2 * groups * scale**2, dtype=torch.float64, generator=gen)
+    bias_rows = rows if scope_bias else 2 * groups * scale**2
+    bias = torch.randn(bias_rows, dtype=torch.float64, generator=gen)
     bias.requires_grad_()
     base = dysample_module._base_grid(scale * h, scale * w, torch.device("cpu"), torch.float64)
     norm = torch.tensor([0.5 * 2 / w, 0.5 * 2 / h], dtype=torch.float64)
@@ -107,9 +130,9 @@ def test_border_clamping_far_outside_the_image(shift):
 
 
 @pytest.mark.parametrize("style", ["lp", "pl"])
-@pytest.mark.parametrize("dyscope", [False, True])
-def test_fused_equals_plain_path_float32(style, dyscope, monkeypatch):
-    module = randomize(DySample(16, 2, style, 4, dyscope), std=0.1)
+@pytest.mark.parametrize("dyscope,scope_bias", [(False, False), (True, False), (True, True)])
+def test_fused_equals_plain_path_float32(style, dyscope, scope_bias, monkeypatch):
+    module = randomize(DySample(16, 2, style, 4, dyscope, scope_bias), std=0.1)
     x = torch.randn(2, 16, 9, 11)
     grad = torch.randn(2, 16, 18, 22)
     out, grads = outputs_and_grads(module, x, grad)
@@ -216,6 +239,13 @@ def test_module_uses_sparse_input_grad_and_matches_fallback(style, dyscope, monk
     assert calls == [True]
     assert torch.equal(out, ref_out)
     for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, atol=1e-5, rtol=1e-5)
+    # below MIN_NUMEL output-gradient elements grid_sample's backward runs instead
+    monkeypatch.setattr(sampling, "SPARSE_INPUT_GRAD", True)
+    monkeypatch.setattr(input_grad, "MIN_NUMEL", grad.numel() + 1)
+    small_out, small_grads = outputs_and_grads(module, x, grad)
+    assert calls == [True]
+    for g, r in zip(small_grads, ref_grads):
         assert torch.allclose(g, r, atol=1e-5, rtol=1e-5)
 
 

@@ -98,7 +98,7 @@ _RULES = [
      lambda m, f: f"backbone.fpn_lateral{_stage(f, int(m[1]))}.{m[2]}"),
     (rf"neck\.fpn_convs\.(\d+)\.conv\.{_WB}",
      lambda m, f: f"backbone.fpn_output{_stage(f, int(m[1]))}.{m[2]}"),
-    (r"neck\.upsample_modules\.(\d+)\.(offset\.weight|offset\.bias|scope\.weight|init_pos)",
+    (r"neck\.upsample_modules\.(\d+)\.(offset\.weight|offset\.bias|scope\.weight|scope\.bias|init_pos)",
      lambda m, f: f"backbone.fpn_upsample{_stage(f, int(m[1]) + 1)}.{m[2]}"),
     (rf"rpn_head\.rpn_conv\.{_WB}", lambda m, f: f"proposal_generator.rpn_head.conv.{m[1]}"),
     (rf"rpn_head\.rpn_cls\.{_WB}",
@@ -182,7 +182,8 @@ def convert_state_dict(
 
     Raises:
         ConversionError: unmapped checkpoint keys, model keys the checkpoint lacks, keys it
-            does not know, shape differences, non-zero DySample+ scope biases.
+            does not know, shape differences, a non-zero DySample+ scope bias for a model
+            built without one (MODEL.FPN.DYSAMPLE.SCOPE_BIAS False).
     """
     report = ConversionReport()
     converted: Dict[str, torch.Tensor] = {}
@@ -196,12 +197,13 @@ def convert_state_dict(
         if reason:
             report.dropped[key] = reason
             continue
-        if _SCOPE_BIAS.fullmatch(key):
+        if _SCOPE_BIAS.fullmatch(key) and _target_key(key, in_features) not in reference:
             if value.abs().max().item() != 0:
                 problems.append(
-                    f"{key}: non-zero bias of DySample+'s scope conv. The project's DySample (as "
-                    "the authors' current dysample.py) has a bias-free scope conv; a checkpoint "
-                    "trained with the earlier release that had one cannot be converted exactly"
+                    f"{key}: non-zero bias of DySample+'s scope conv (the authors' first "
+                    "dysample.py release had one), but the model's scope conv has none: convert "
+                    "and evaluate with MODEL.FPN.DYSAMPLE.SCOPE_BIAS True (script: --opts "
+                    "MODEL.FPN.DYSAMPLE.SCOPE_BIAS True)"
                 )
             else:
                 report.dropped[key] = ("all-zero bias of the DySample+ scope conv "
@@ -255,6 +257,13 @@ def convert_state_dict(
         )
     ordered = {key: converted[key] for key in reference}  # the model's own order
     return ordered, report
+
+
+def _target_key(key: str, in_features: Sequence[str]) -> Optional[str]:
+    try:
+        return rename_mmdet_key(key, in_features)
+    except KeyError:
+        return None
 
 
 def _source(report: ConversionReport, new_key: str) -> str:

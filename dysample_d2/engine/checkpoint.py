@@ -83,6 +83,14 @@ def load_exact_checkpoint(model, path: str) -> None:
     for key, shape_ckpt, shape_model in incompatible.incorrect_shapes:
         problems.append(f"{key}: shape {tuple(shape_ckpt)} in the checkpoint, "
                         f"{tuple(shape_model)} in the model")
+    scope_bias = [k for k in incompatible.unexpected_keys + incompatible.missing_keys
+                  if k.endswith(".scope.bias")]
+    if scope_bias:
+        present = scope_bias[0] in incompatible.unexpected_keys
+        problems.append(
+            f"the checkpoint's DySample+ scope convs {'have' if present else 'lack'} a bias: "
+            f"set MODEL.FPN.DYSAMPLE.SCOPE_BIAS {present}"
+        )
     if problems:
         raise CheckpointMismatchError(
             f"MODEL.WEIGHTS={path!r} does not match the model built from the config "

@@ -63,6 +63,8 @@ class DySample(nn.Module):
             at its own positions.
         dyscope (bool): False: offset * 0.25 (static scope). True ("DySample+"):
             offset * sigmoid(scope(x)) * 0.5 (dynamic scope).
+        scope_bias (bool): give the scope conv a bias, as the authors' first dysample.py
+            release did (their current code has none); only with ``dyscope=True``.
 
     Shapes: input [B, C, H, W] -> output [B, C, s*H, s*W], same dtype as the input.
     """
@@ -74,14 +76,16 @@ class DySample(nn.Module):
         style: str = "lp",
         groups: int = 4,
         dyscope: bool = False,
+        scope_bias: bool = False,
     ):
         super().__init__()
-        _check_arguments(in_channels, scale, style, groups, dyscope)
+        _check_arguments(in_channels, scale, style, groups, dyscope, scope_bias)
         self.in_channels = in_channels
         self.scale = scale
         self.style = style
         self.groups = groups
         self.dyscope = dyscope
+        self.scope_bias = scope_bias
 
         if style == "pl":
             conv_in, conv_out = in_channels // scale**2, 2 * groups
@@ -91,8 +95,10 @@ class DySample(nn.Module):
         nn.init.normal_(self.offset.weight, std=0.001)
         nn.init.zeros_(self.offset.bias)
         if dyscope:
-            self.scope = nn.Conv2d(conv_in, conv_out, 1, bias=False)
+            self.scope = nn.Conv2d(conv_in, conv_out, 1, bias=scope_bias)
             nn.init.zeros_(self.scope.weight)
+            if scope_bias:
+                nn.init.zeros_(self.scope.bias)
         # Kept with the reference implementation's name and layout so its checkpoints load;
         # the sampling itself uses the equivalent cached bilinear grid (see `_base_grid`).
         self.register_buffer("init_pos", self._init_pos(), persistent=True)
@@ -117,6 +123,7 @@ class DySample(nn.Module):
         return (
             f"in_channels={self.in_channels}, scale={self.scale}, style={self.style!r}, "
             f"groups={self.groups}, dyscope={self.dyscope}"
+            + (", scope_bias=True" if self.scope_bias else "")
         )
 
     def offsets(self, x: torch.Tensor) -> torch.Tensor:
@@ -182,7 +189,6 @@ class DySample(nn.Module):
         )
         return sampled.view(b, c, self.scale * h, self.scale * w).to(x.dtype)
 
-
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         s = self.scale
@@ -204,6 +210,8 @@ class DySample(nn.Module):
         bias = self.offset.bias
         if self.dyscope:
             weight = torch.cat([weight, self.scope.weight.flatten(1)])
+            if self.scope_bias:
+                bias = torch.cat([bias, self.scope.bias])
         if self.style == "pl":
             s2 = self.scale**2
             eye = torch.eye(s2, dtype=weight.dtype, device=weight.device)
@@ -222,7 +230,7 @@ def _is_compiling() -> bool:
     return compiler is not None and compiler.is_compiling()
 
 
-def _check_arguments(in_channels, scale, style, groups, dyscope) -> None:
+def _check_arguments(in_channels, scale, style, groups, dyscope, scope_bias) -> None:
     if not isinstance(in_channels, int) or in_channels < 1:
         raise ValueError(f"DySample: in_channels must be a positive int, got {in_channels!r}")
     if not isinstance(scale, int) or isinstance(scale, bool) or scale < 2:
@@ -243,6 +251,10 @@ def _check_arguments(in_channels, scale, style, groups, dyscope) -> None:
         )
     if not isinstance(dyscope, bool):
         raise ValueError(f"DySample: dyscope must be True or False, got {dyscope!r}")
+    if not isinstance(scope_bias, bool):
+        raise ValueError(f"DySample: scope_bias must be True or False, got {scope_bias!r}")
+    if scope_bias and not dyscope:
+        raise ValueError("DySample: scope_bias=True needs dyscope=True (only DySample+ has a scope conv)")
 
 
 def _check_input(x: torch.Tensor, in_channels: int) -> None:

@@ -65,7 +65,8 @@ class FusedDySample(torch.autograd.Function):
             float64 inputs, like DySample's grid).
         weight (Tensor[M, C]): offset rows (channel order of DySample's lp offset conv:
             x|y, group, then sub-pixel (i, j)); with ``dyscope`` followed by as many scope rows.
-        bias (Tensor[M'] or None): bias of the offset rows (M' = 2 * groups * scale**2).
+        bias (Tensor[K] or None): bias of the first K rows: the offset rows
+            (K = 2 * groups * scale**2), or with a biased scope conv all of them.
         base (Tensor[sH, sW, 2]): bilinear base grid, normalized, in the grid dtype.
         norm (Tensor[2]): (2/W, 2/H) times the scope factor (0.25 static, 0.5 dynamic).
         scale, groups (int), dyscope (bool): as DySample's.
@@ -83,9 +84,9 @@ class FusedDySample(torch.autograd.Function):
         x = x.contiguous()
         xv = x.view(b, c, h * w)
         off = torch.bmm(weight.expand(b, -1, -1), xv)  # [B, M (x2 with dyscope), H*W]
-        raw, gate = off[:, :m], None
         if bias is not None:
-            raw.add_(bias.to(raw.dtype).view(m, 1))
+            off[:, :bias.numel()].add_(bias.to(off.dtype).view(-1, 1))
+        raw, gate = off[:, :m], None
         if dyscope:
             gate = torch.sigmoid(off[:, m:])
             prod = raw * gate
@@ -103,18 +104,20 @@ class FusedDySample(torch.autograd.Function):
         xs = x.view(b * g, c // g, h, w).to(gdt)
         out = torch.grid_sampler_2d(xs, grid, 0, 1, False)  # bilinear, border, align_corners=False
         ctx.save_for_backward(xs, grid, weight, raw if dyscope else None, gate)
-        ctx.config = (b, c, h, w, s, g, m, x.dtype, norm, None if bias is None else bias.dtype)
+        bias_rows = (0, None) if bias is None else (bias.numel(), bias.dtype)
+        ctx.config = (b, c, h, w, s, g, m, x.dtype, norm, bias_rows)
         return out.view(b, c, s * h, s * w).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         xs, grid, weight, raw, gate = ctx.saved_tensors
-        b, c, h, w, s, g, m, in_dtype, norm, bias_dtype = ctx.config
+        b, c, h, w, s, g, m, in_dtype, norm, (bias_numel, bias_dtype) = ctx.config
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         gdt = xs.dtype
         grad_out = grad_out.to(gdt).contiguous().view(b * g, c // g, s * h, s * w)
         grad_xs = None
-        if need_x and SPARSE_INPUT_GRAD and input_grad.available(xs.device):
+        sparse = SPARSE_INPUT_GRAD and grad_out.numel() >= input_grad.MIN_NUMEL
+        if need_x and sparse and input_grad.available(xs.device):
             # None when too many pixels left their regular cell: grid_sample's backward then
             grad_xs = input_grad.sparse_input_grad(grad_out, grid.permute(0, 3, 1, 2), h, w, s)
         scatter = need_x and grad_xs is None
@@ -144,7 +147,7 @@ class FusedDySample(torch.autograd.Function):
         if need_w:
             grad_w = torch.matmul(grad_off, xv.transpose(1, 2)).sum(0).to(weight.dtype)
         if need_b:
-            grad_b = grad_off[:, :m].sum((0, 2)).to(bias_dtype)
+            grad_b = grad_off[:, :bias_numel].sum((0, 2)).to(bias_dtype)
         if need_x:
             grad_x = grad_xs.view(b, c, h * w)
             grad_x.baddbmm_(weight.to(gdt).t().expand(b, c, weight.shape[0]), grad_off)

@@ -26,11 +26,11 @@ class DySampleFPN(FPN):
     fpn_upsample4 and fpn_upsample3.
     """
 
-    def __init__(self, *args, style="lp", groups=4, dyscope=False, **kwargs):
+    def __init__(self, *args, style="lp", groups=4, dyscope=False, scope_bias=False, **kwargs):
         """
         Args:
             args, kwargs: as for :class:`detectron2.modeling.FPN`.
-            style, groups, dyscope: as for :class:`DySample`; every upsampler has the
+            style, groups, dyscope, scope_bias: as for :class:`DySample`; every upsampler has the
                 FPN's out_channels and scale 2.
         """
         super().__init__(*args, **kwargs)
@@ -40,7 +40,8 @@ class DySampleFPN(FPN):
         # Top-down order, as self.lateral_convs: coarsest level first, finest last.
         for in_feature in reversed(self.in_features[1:]):
             stage = int(math.log2(input_shapes[in_feature].stride))
-            upsampler = DySample(out_channels, 2, style=style, groups=groups, dyscope=dyscope)
+            upsampler = DySample(out_channels, 2, style=style, groups=groups, dyscope=dyscope,
+                                 scope_bias=scope_bias)
             self.add_module(f"fpn_upsample{stage}", upsampler)
             upsamplers.append(upsampler)
         self.upsamplers = upsamplers

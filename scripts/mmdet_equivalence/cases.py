@@ -20,6 +20,11 @@ CASES = {
     "faster_r50_dysampleplus": dict(
         mmdet="faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py", depth=50, upsampler="dysample+",
         config="mmdet-recipe/faster_rcnn_R_50_DySamplePlus_FPN_1x_mmdet.yaml"),
+    # DySample+ as the authors' first dysample.py release built it: scope conv with a bias
+    "faster_r50_dysampleplus_scopebias": dict(
+        mmdet="faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py", depth=50, upsampler="dysample+",
+        scope_bias=True, config="mmdet-recipe/faster_rcnn_R_50_DySamplePlus_FPN_1x_mmdet.yaml",
+        opts=["MODEL.FPN.DYSAMPLE.SCOPE_BIAS", "True"], images=1),
     "faster_r101_dysampleplus": dict(
         mmdet="faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py", depth=101, upsampler="dysample+",
         config="mmdet-recipe/faster_rcnn_R_101_DySamplePlus_FPN_1x_mmdet.yaml", images=1),
@@ -61,6 +66,9 @@ REFUSALS = [
      "neck.upsample_modules.2.scope.weight"),
     ("faster_r101_dysampleplus", "mmdet-recipe/faster_rcnn_R_50_DySamplePlus_FPN_1x_mmdet.yaml", [],
      "backbone.bottom_up.res4.22.conv3.weight"),
+    ("faster_r50_dysampleplus_scopebias",
+     "mmdet-recipe/faster_rcnn_R_50_DySamplePlus_FPN_1x_mmdet.yaml", [],
+     "MODEL.FPN.DYSAMPLE.SCOPE_BIAS True"),
     ("faster_r50_dysample", "mmdet-recipe/mask_rcnn_R_50_DySample_FPN_1x_mmdet.yaml", [],
      "the checkpoint holds a det model"),
     ("faster_r50_dysample", "COCO-Detection/faster_rcnn_R_50_DySample_FPN_1x.yaml", [],

@@ -39,7 +39,8 @@ def build(case, seed, class_agnostic=None):
     if case["upsampler"] != "nearest":
         model_cfg.neck.type = "FPN_UPSAMPLE"
         model_cfg.neck.upsample_cfg = dict(type="dysample", guided=False, style="lp", groups=4,
-                                           dyscope=case["upsampler"] == "dysample+")
+                                           dyscope=case["upsampler"] == "dysample+",
+                                           scope_bias=case.get("scope_bias", False))
     if class_agnostic is not None:
         model_cfg.test_cfg.rcnn.nms.class_agnostic = class_agnostic
     torch.manual_seed(seed)
@@ -88,7 +89,7 @@ def calibrate(model, batch, targets):
                 module.bias.data *= factor
                 if mean is not None:
                     module.bias.data += mean - observed_mean * factor
-                if name.endswith(".offset") or name.endswith("fc_cls"):
+                if name.endswith((".offset", ".scope", "fc_cls")):  # .scope: biased only
                     module.bias.data += torch.randn_like(module.bias) * target * 0.5
 
 
