@@ -5,9 +5,10 @@ Whole-model benchmark of the configs in configs/: Faster R-CNN, Mask R-CNN and P
 
 Per model: parameters, inference GFLOPs (detectron2's fvcore FlopCountAnalysis, one image),
 inference latency per image at --size, one training iteration (batch 2, synthetic targets:
-forward + backward, no optimizer step) latency and peak memory, ratios to nearest. The three
-upsamplers of an architecture are interleaved and rotated every repeat. Writes DIR/results.md
-and DIR/results.json.
+forward + backward, no optimizer step) latency and peak memory, ratios to nearest. "backbone"
+is ResNet-50 + FPN alone (forward of one image; training: forward + backward of batch 2 with
+the mean of every output level as loss). The three upsamplers of an architecture are
+interleaved and rotated every repeat. Writes DIR/results.md and DIR/results.json.
 
     python scripts/benchmark_model.py --out benchmark_results/model           # 800x1333
     python scripts/benchmark_model.py --quick --out /tmp/model                # smoke run
@@ -27,9 +28,20 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 
 import torch  # noqa: E402
 
-from bench_common import load_average, machine_info, peak_memory_mb, synchronize  # noqa: E402
+from bench_common import (  # noqa: E402
+    count_flops,
+    load_average,
+    machine_info,
+    peak_memory_mb,
+    synchronize,
+)
 
 CONFIGS = {
+    # ResNet-50 + FPN alone (the configs' `model.backbone`): the only part whose work differs
+    # between the upsamplers; the heads' work also depends on what random weights propose
+    "backbone": ("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml",
+                 "COCO-Detection/faster_rcnn_R_50_DySample_FPN_1x.yaml",
+                 "COCO-Detection/faster_rcnn_R_50_DySamplePlus_FPN_1x.yaml"),
     "faster_rcnn": ("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml",
                     "COCO-Detection/faster_rcnn_R_50_DySample_FPN_1x.yaml",
                     "COCO-Detection/faster_rcnn_R_50_DySamplePlus_FPN_1x.yaml"),
@@ -94,14 +106,24 @@ def synthetic_batch(cfg, batch_size, height, width, device, seed=0):
     return batch
 
 
-def model_flops(model, image):
+def model_flops(model, image, backbone_only=False):
     from detectron2.utils.analysis import FlopCountAnalysis
 
     model.eval()
+    if backbone_only:  # a tensor input; elementwise ops counted too (bench_common)
+        return count_flops(model.backbone, (normalized(model, [image]),))
     analysis = FlopCountAnalysis(model, [{"image": image}])
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     analysis.tracer_warnings("none")
     return analysis.total(), sorted(analysis.unsupported_ops())
+
+
+def normalized(model, images):
+    """The padded, normalized batch tensor the backbone of `model` sees."""
+    from detectron2.structures import ImageList
+
+    images = [(im - model.pixel_mean) / model.pixel_std for im in images]
+    return ImageList.from_tensors(images, model.backbone.size_divisibility).tensor
 
 
 def measure_arch(arch, args, device):
@@ -115,9 +137,12 @@ def measure_arch(arch, args, device):
     rows = []
     for name, (model, _) in zip(UPSAMPLERS, models):
         row = dict(arch=arch, upsampler=name, device=device,
-                   params=sum(p.numel() for p in model.parameters()), infer=[], train=[])
+                   params=sum(p.numel() for p in (model.backbone if arch == "backbone"
+                                                  else model).parameters()),
+                   infer=[], train=[])
         if args.flops:
-            row["flops"], row["flops_skipped"] = model_flops(model, batch[0]["image"])
+            row["flops"], row["flops_skipped"] = model_flops(model, batch[0]["image"],
+                                                             backbone_only=arch == "backbone")
         rows.append(row)
         print(f"  [{device}] {arch} {name}: {row['params'] / 1e6:.2f} M params"
               + (f", {row['flops'] / 1e9:.1f} GFLOPs" if args.flops else ""), flush=True)
@@ -125,7 +150,10 @@ def measure_arch(arch, args, device):
     def infer(model):
         model.eval()
         with torch.no_grad():
-            model([{"image": batch[0]["image"], "height": height, "width": width}])
+            if arch == "backbone":
+                model.backbone(normalized(model, [batch[0]["image"]]))
+            else:
+                model([{"image": batch[0]["image"], "height": height, "width": width}])
 
     def train(model):
         from detectron2.utils.events import EventStorage
@@ -133,6 +161,10 @@ def measure_arch(arch, args, device):
         model.train()
         for p in model.parameters():
             p.grad = None
+        if arch == "backbone":
+            features = model.backbone(normalized(model, [x["image"] for x in batch]))
+            sum(f.mean() for f in features.values()).backward()
+            return
         with EventStorage(0):  # the heads log training statistics there
             losses = model(batch)
         sum(losses.values()).backward()
@@ -157,8 +189,10 @@ def measure_arch(arch, args, device):
             rows[i]["infer"].append(timed(lambda: infer(models[i][0])))
             rows[i]["train"].append(timed(lambda: train(models[i][0])))
     for row in rows:
-        row["infer_ms"] = 1e3 * statistics.median(row.pop("infer"))
-        row["train_ms"] = 1e3 * statistics.median(row.pop("train"))
+        row["infer_samples_ms"] = [round(1e3 * t, 2) for t in row.pop("infer")]
+        row["train_samples_ms"] = [round(1e3 * t, 2) for t in row.pop("train")]
+        row["infer_ms"] = statistics.median(row["infer_samples_ms"])
+        row["train_ms"] = statistics.median(row["train_samples_ms"])
     base = rows[0]
     for row in rows:
         keys = ("params", "infer_ms", "train_ms", "train_peak_mb") + (("flops",) * args.flops)
@@ -169,6 +203,11 @@ def measure_arch(arch, args, device):
               f"({row['train_ms_vs_nearest']:.3f}x)  peak {row['train_peak_mb']:.0f} MB "
               f"({row['train_peak_mb_vs_nearest']:.3f}x)", flush=True)
     return rows
+
+
+def _spread(row, key):
+    samples = row[f"{key}_samples_ms"]
+    return f"{row[key + '_ms']:.1f} ({min(samples):.0f}-{max(samples):.0f})"
 
 
 def write_markdown(path, rows, info, args):
@@ -185,7 +224,10 @@ def write_markdown(path, rows, info, args):
         f"interleaved repeats after {args.warmup} warm-up. GFLOPs: detectron2's "
         "FlopCountAnalysis of inference on one image. ROI_HEADS.SCORE_THRESH_TEST is 0 so that "
         "every model keeps 100 detections (with random weights the number above the usual 0.05 "
-        "would be arbitrary) and the mask head runs on all of them.", "",
+        "would be arbitrary) and the mask head runs on all of them. \"backbone\": ResNet-50 + "
+        "FPN alone, the part whose work the upsampler changes (inference: one image; training: "
+        "forward + backward of batch 2, loss = mean of each output level). Latencies: median "
+        "(min-max) of the repeats.", "",
         "| device | model | FPN upsampler | params (M) | GFLOPs | inference ms/img "
         "| train ms/iter | train peak MB | params / nearest | GFLOPs / nearest "
         "| inference / nearest | train / nearest | peak / nearest |",
@@ -196,7 +238,7 @@ def write_markdown(path, rows, info, args):
         flops_ratio = f"{r['flops_vs_nearest']:.4f}" if "flops" in r else "-"
         lines.append(
             f"| {r['device']} | {r['arch']} | {r['upsampler']} | {r['params'] / 1e6:.3f} "
-            f"| {flops} | {r['infer_ms']:.1f} | {r['train_ms']:.1f} | {r['train_peak_mb']:.0f} "
+            f"| {flops} | {_spread(r, 'infer')} | {_spread(r, 'train')} | {r['train_peak_mb']:.0f} "
             f"| {r['params_vs_nearest']:.4f} | {flops_ratio} | {r['infer_ms_vs_nearest']:.3f} "
             f"| {r['train_ms_vs_nearest']:.3f} | {r['train_peak_mb_vs_nearest']:.3f} |"
         )
@@ -213,7 +255,7 @@ def parse_args(argv=None):
                    + ", ".join(CONFIGS))
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: CPU, and CUDA too when available")
-    p.add_argument("--repeats", type=int, default=None, help="timed runs (default 3)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs (default 5)")
     p.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 1)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
     p.add_argument("--norm", default="", help='e.g. "GN" for RESNETS.NORM and FPN.NORM')
@@ -224,7 +266,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     size = args.size or ("64x96" if args.quick else "800x1333")
     args.size = tuple(int(v) for v in size.lower().split("x"))
-    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.repeats = args.repeats or (1 if args.quick else 5)
     if args.warmup is None:
         args.warmup = 0 if args.quick else 1
     args.archs = [a for a in args.archs.split(",") if a]

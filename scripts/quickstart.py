@@ -46,7 +46,8 @@ def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.strip().split("\n")[0])
     parser.add_argument("--task", choices=sorted(CONFIGS), default="det",
                         help="det: Faster R-CNN, mask: Mask R-CNN, panoptic: Panoptic FPN")
-    parser.add_argument("--iters", type=positive_int, default=150, help="training iterations")
+    parser.add_argument("--iters", type=positive_int, default=300,
+                        help="training iterations (default 300, the configs' schedule)")
     parser.add_argument("--out", default=os.path.join(REPO, "output", "quickstart"),
                         help="output directory (a folder per task inside)")
     parser.add_argument("--datasets", default=os.path.join(REPO, "datasets"),

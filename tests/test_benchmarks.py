@@ -45,7 +45,7 @@ def test_benchmark_upsamplers_quick(tmp_path):
     assert (tmp_path / "results.json").exists()
 
 
-@pytest.mark.parametrize("arch", ["faster_rcnn"])
+@pytest.mark.parametrize("arch", ["faster_rcnn", "backbone"])
 def test_benchmark_model_quick(tmp_path, arch):
     run_script("benchmark_model.py", tmp_path, "--archs", arch, "--device", "cpu")
     rows = table_rows((tmp_path / "results.md").read_text())

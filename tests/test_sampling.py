@@ -42,6 +42,18 @@ def outputs_and_grads(module, x, grad):
     return out, grads
 
 
+def assert_equals_reference(module, x):
+    """Output and all gradients equal the float64 reference to 1e-9; returns its output."""
+    s = module.scale
+    grad = torch.randn(*x.shape[:2], s * x.shape[2], s * x.shape[3], dtype=torch.float64)
+    out, grads = outputs_and_grads(module, x, grad)
+    ref_out, ref_grads = outputs_and_grads(exact_reference(module), x, grad)
+    assert (out - ref_out).abs().max().item() < 1e-9
+    for name, g, r in zip(["x"] + [n for n, _ in module.named_parameters()], grads, ref_grads):
+        assert (g - r).abs().max().item() < 1e-9, name
+    return ref_out
+
+
 @pytest.fixture(autouse=True)
 def sparse_input_grad_at_small_sizes(monkeypatch):
     """The sparse input gradient at every size here, whatever MIN_NUMEL a user has set."""
@@ -56,14 +68,8 @@ def sparse_input_grad_at_small_sizes(monkeypatch):
 def test_equals_reference_float64_forward_and_gradients(style, scale, dyscope, groups, std):
     channels = 4 * scale**2
     module = randomize(DySample(channels, scale, style, groups, dyscope), std=std).double()
-    reference = exact_reference(module)
     x = torch.randn(2, channels, 7, 5, dtype=torch.float64)  # odd sizes
-    grad = torch.randn(2, channels, 7 * scale, 5 * scale, dtype=torch.float64)
-    out, grads = outputs_and_grads(module, x, grad)
-    ref_out, ref_grads = outputs_and_grads(reference, x, grad)
-    assert (out - ref_out).abs().max().item() < 1e-9
-    for name, g, r in zip(["x"] + [n for n, _ in module.named_parameters()], grads, ref_grads):
-        assert (g - r).abs().max().item() < 1e-9, name
+    assert_equals_reference(module, x)
 
 
 @pytest.mark.parametrize("style", ["lp", "pl"])
@@ -74,14 +80,8 @@ def test_scope_bias_equals_reference_float64(style, scale, std):
     module = DySample(channels, scale, style, 2, dyscope=True, scope_bias=True)
     module = randomize(module, std=std).double()
     assert module.scope.bias.abs().min() > 0
-    reference = exact_reference(module)
     x = torch.randn(2, channels, 5, 6, dtype=torch.float64)
-    grad = torch.randn(2, channels, 5 * scale, 6 * scale, dtype=torch.float64)
-    out, grads = outputs_and_grads(module, x, grad)
-    ref_out, ref_grads = outputs_and_grads(reference, x, grad)
-    assert (out - ref_out).abs().max().item() < 1e-9
-    for name, g, r in zip(["x"] + [n for n, _ in module.named_parameters()], grads, ref_grads):
-        assert (g - r).abs().max().item() < 1e-9, name
+    ref_out = assert_equals_reference(module, x)
     # the bias matters: without it the output differs
     module.scope.bias.data.zero_()
     assert (module(x) - ref_out).abs().max().item() > 1e-6

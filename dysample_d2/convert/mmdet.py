@@ -98,7 +98,8 @@ _RULES = [
      lambda m, f: f"backbone.fpn_lateral{_stage(f, int(m[1]))}.{m[2]}"),
     (rf"neck\.fpn_convs\.(\d+)\.conv\.{_WB}",
      lambda m, f: f"backbone.fpn_output{_stage(f, int(m[1]))}.{m[2]}"),
-    (r"neck\.upsample_modules\.(\d+)\.(offset\.weight|offset\.bias|scope\.weight|scope\.bias|init_pos)",
+    (r"neck\.upsample_modules\.(\d+)\.(offset\.weight|offset\.bias|scope\.weight|scope\.bias"
+     r"|init_pos)",
      lambda m, f: f"backbone.fpn_upsample{_stage(f, int(m[1]) + 1)}.{m[2]}"),
     (rf"rpn_head\.rpn_conv\.{_WB}", lambda m, f: f"proposal_generator.rpn_head.conv.{m[1]}"),
     (rf"rpn_head\.rpn_cls\.{_WB}",

@@ -254,7 +254,9 @@ def _check_arguments(in_channels, scale, style, groups, dyscope, scope_bias) -> 
     if not isinstance(scope_bias, bool):
         raise ValueError(f"DySample: scope_bias must be True or False, got {scope_bias!r}")
     if scope_bias and not dyscope:
-        raise ValueError("DySample: scope_bias=True needs dyscope=True (only DySample+ has a scope conv)")
+        raise ValueError(
+            "DySample: scope_bias=True needs dyscope=True (only DySample+ has a scope conv)"
+        )
 
 
 def _check_input(x: torch.Tensor, in_channels: int) -> None:
