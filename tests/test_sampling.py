@@ -54,6 +54,13 @@ def assert_equals_reference(module, x):
     return ref_out
 
 
+@pytest.fixture(autouse=True, params=["native", "pytorch"])
+def sampling_path(request, monkeypatch):
+    """Every test on the compiled kernel and on the pure-PyTorch path."""
+    monkeypatch.setattr(sampling, "NATIVE", request.param == "native")
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def sparse_input_grad_at_small_sizes(monkeypatch):
     """The sparse input gradient at every size here, whatever MIN_NUMEL a user has set."""
@@ -219,6 +226,7 @@ def test_sparse_input_grad_gives_way_when_too_irregular():
 @pytest.mark.parametrize("dyscope", [False, True])
 def test_module_uses_sparse_input_grad_and_matches_fallback(style, dyscope, monkeypatch):
     """DySample as initialised (small offsets) takes the sparse path; same result as without."""
+    monkeypatch.setattr(sampling, "NATIVE", False)
     calls = []
     sparse = input_grad.sparse_input_grad
     def counted(*args):

@@ -27,9 +27,13 @@ scripting and export keep the plain ops (see `use_fused`).
 """
 import torch
 
-from . import input_grad
+from . import input_grad, native
 
-__all__ = ["FusedDySample", "use_fused", "SPARSE_INPUT_GRAD"]
+__all__ = ["FusedDySample", "use_fused", "NATIVE", "SPARSE_INPUT_GRAD"]
+
+# The compiled CPU kernel (native.py) where it builds; False: the pure-PyTorch path, same
+# results (grid_sample forward, sparse or grid_sample backward).
+NATIVE = True
 
 # Input gradient as a sparse matmul (input_grad.py) where MKL's sparse BLAS is available; False:
 # grid_sample's own backward everywhere (the pure-PyTorch fallback, same results).
@@ -100,9 +104,14 @@ class FusedDySample(torch.autograd.Function):
             norm.view(1, 1, 2, 1, 1, 1, 1),
             out=grid,
         )
-        grid = grid.view(b * g, 2, s * h, s * w).permute(0, 2, 3, 1)
+        grid = grid.view(b * g, 2, s * h, s * w)  # planar: x plane, y plane
         xs = x.view(b * g, c // g, h, w).to(gdt)
-        out = torch.grid_sampler_2d(xs, grid, 0, 1, False)  # bilinear, border, align_corners=False
+        kernel = native.load() if NATIVE else None
+        if kernel is not None:
+            out = kernel.sample_forward(xs, grid)
+        else:  # bilinear, border, align_corners=False
+            out = torch.grid_sampler_2d(xs, grid.permute(0, 2, 3, 1), 0, 1, False)
+        ctx.kernel = kernel
         ctx.save_for_backward(xs, grid, weight, raw if dyscope else None, gate)
         bias_rows = (0, None) if bias is None else (bias.numel(), bias.dtype)
         ctx.config = (b, c, h, w, s, g, m, x.dtype, norm, bias_rows)
@@ -115,21 +124,14 @@ class FusedDySample(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         gdt = xs.dtype
         grad_out = grad_out.to(gdt).contiguous().view(b * g, c // g, s * h, s * w)
-        grad_xs = None
-        sparse = SPARSE_INPUT_GRAD and grad_out.numel() >= input_grad.MIN_NUMEL
-        if need_x and sparse and input_grad.available(xs.device):
-            # None when too many pixels left their regular cell: grid_sample's backward then
-            grad_xs = input_grad.sparse_input_grad(grad_out, grid.permute(0, 3, 1, 2), h, w, s)
-        scatter = need_x and grad_xs is None
-        grad_scatter, grad_grid = torch.ops.aten.grid_sampler_2d_backward(
-            grad_out, xs, grid, 0, 1, False, [scatter, True]
-        )
-        if scatter:
-            grad_xs = grad_scatter
+        if ctx.kernel is not None:
+            grad_xs, grad_grid = ctx.kernel.sample_backward(grad_out, xs, grid, need_x)
+        else:
+            grad_xs, grad_grid = _grid_sample_backward(grad_out, xs, grid, need_x, h, w, s)
         # d(grid)/d(offset rows) = norm, laid back out as the matmul output [B, M, H*W]
         grad_raw = torch.empty((b, 2, g, s, s, h, w), dtype=gdt, device=xs.device)
         torch.mul(
-            grad_grid.view(b, g, h, s, w, s, 2).permute(0, 6, 1, 3, 5, 2, 4),
+            grad_grid.view(b, g, 2, h, s, w, s).permute(0, 2, 1, 4, 6, 3, 5),
             norm.view(1, 2, 1, 1, 1, 1, 1),
             out=grad_raw,
         )
@@ -153,3 +155,19 @@ class FusedDySample(torch.autograd.Function):
             grad_x.baddbmm_(weight.to(gdt).t().expand(b, c, weight.shape[0]), grad_off)
             grad_x = grad_x.view(b, c, h, w).to(in_dtype)
         return grad_x, grad_w, grad_b, None, None, None, None, None
+
+
+def _grid_sample_backward(grad_out, xs, grid, need_x, h, w, s):
+    """The pure-PyTorch backward: (grad_xs or None, grad_grid planar [N, 2, sH, sW])."""
+    grad_xs = None
+    sparse = SPARSE_INPUT_GRAD and grad_out.numel() >= input_grad.MIN_NUMEL
+    if need_x and sparse and input_grad.available(xs.device):
+        # None when too many pixels left their regular cell: grid_sample's backward then
+        grad_xs = input_grad.sparse_input_grad(grad_out, grid, h, w, s)
+    scatter = need_x and grad_xs is None
+    grad_scatter, grad_grid = torch.ops.aten.grid_sampler_2d_backward(
+        grad_out, xs, grid.permute(0, 2, 3, 1), 0, 1, False, [scatter, True]
+    )
+    if scatter:
+        grad_xs = grad_scatter
+    return grad_xs, grad_grid.permute(0, 3, 1, 2)

@@ -1,0 +1,65 @@
+"""
+The optional compiled CPU sampling kernel (``dysample_d2/csrc/dysample_sampling_cpu.cpp``).
+
+Built on first use with ``torch.utils.cpp_extension.load`` (a C++ compiler and ninja; about a
+minute, then cached under ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``);
+``scripts/install.sh`` builds it once. Where it cannot be built, DySample keeps its pure-PyTorch
+path (grid_sample, same results) and says why once. ``DYSAMPLE_D2_NATIVE=0`` turns it off.
+"""
+import logging
+import os
+import sys
+import threading
+
+__all__ = ["load", "status"]
+
+SOURCE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "csrc", "dysample_sampling_cpu.cpp")
+_lock = threading.Lock()
+_state = {"tried": False, "module": None, "reason": None}
+
+
+def _build(verbose: bool):
+    from torch.utils import cpp_extension
+
+    # torch looks for `ninja` on PATH; in a virtualenv called by its full path it lies next to
+    # the interpreter.
+    bindir = os.path.dirname(sys.executable)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    return cpp_extension.load(
+        name="dysample_d2_sampling_cpu",
+        sources=[SOURCE],
+        extra_cflags=["-O3", "-fopenmp"],  # -fopenmp: at::parallel_for runs torch's threads
+        extra_ldflags=["-fopenmp"],
+        verbose=verbose,
+    )
+
+
+def load(verbose: bool = False):
+    """The compiled module, or None (then `status()` says why)."""
+    if _state["tried"]:
+        return _state["module"]
+    with _lock:
+        if _state["tried"]:
+            return _state["module"]
+        if os.environ.get("DYSAMPLE_D2_NATIVE", "1") == "0":
+            _state["reason"] = "turned off by DYSAMPLE_D2_NATIVE=0"
+        else:
+            try:
+                _state["module"] = _build(verbose)
+            except Exception as e:  # no compiler, no ninja, read-only cache, ...
+                first_line = (str(e).strip().splitlines() or [""])[0]
+                _state["reason"] = f"could not be built ({type(e).__name__}: {first_line})"
+                logging.getLogger(__name__).warning(
+                    "dysample_d2: compiled CPU sampling kernel %s; using the pure-PyTorch path "
+                    "(same results, slower on CPU)", _state["reason"])
+        _state["tried"] = True
+    return _state["module"]
+
+
+def status() -> str:
+    """One line: whether DySample's CPU sampling uses the compiled kernel."""
+    module = load()
+    if module is not None:
+        return f"compiled CPU sampling kernel: loaded ({module.__file__})"
+    return f"compiled CPU sampling kernel: not used, {_state['reason']}"
