@@ -9,9 +9,11 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["dysample_d2", "dysample_d2.*"]),
+    # the CPU sampling kernel's source, built on first use (dysample_d2/layers/native.py)
+    package_data={"dysample_d2": ["csrc/*.cpp"]},
     # detectron2 and torch are not listed: neither installs by name from PyPI the way users
     # need it (see scripts/install.sh); a user with Detectron2 runs `pip install -e .`.
-    install_requires=["fvcore>=0.1.5", "pycocotools>=2.0.2", "matplotlib", "tabulate"],
+    install_requires=["ninja", "fvcore>=0.1.5", "pycocotools>=2.0.2", "matplotlib", "tabulate"],
     extras_require={
         "demo": ["opencv-python-headless<4.12", "panopticapi-lite"],
         "export": ["onnx==1.23.2", "onnxruntime==1.32.0", "ml-dtypes==0.5.4"],

@@ -20,19 +20,24 @@
 
 namespace {
 
+// One output pixel: its four corners (absolute offsets in the [H, W] plane) and weights.
 template <typename scalar_t>
-struct Corner {
-  int64_t index;   // offset of the top-left corner in the [H, W] plane
-  int64_t dx, dy;  // offsets of the right and bottom corners (0 when clamped)
-  scalar_t ex, fx, ey, fy;  // 1 - frac and frac in x and y: weights ex*ey, fx*ey, ex*fy, fx*fy
-  scalar_t mx, my;  // d(pixel coordinate)/d(normalized grid), 0 where clipped
+struct Tap {
+  int64_t i00, i01, i10, i11;
+  scalar_t w00, w01, w10, w11;
+};
+
+// What the grid gradient needs besides the corner values: 1 - frac and frac in x and y, and
+// d(pixel coordinate)/d(normalized grid), 0 where the coordinate was clipped.
+template <typename scalar_t>
+struct Slope {
+  scalar_t ex, fx, ey, fy, mx, my;
 };
 
 // grid_sampler_unnormalize (align_corners=False) + clip_coordinates_set_grad, as ATen.
 template <typename scalar_t>
 inline scalar_t source_index(scalar_t coord, int64_t size, scalar_t* mult) {
-  scalar_t pos = ((coord + 1) * size - 1) / 2;
-  scalar_t m = static_cast<scalar_t>(size) / 2;
+  const scalar_t pos = ((coord + 1) * size - 1) / 2;
   if (pos <= static_cast<scalar_t>(0)) {
     *mult = 0;
     return 0;
@@ -42,28 +47,52 @@ inline scalar_t source_index(scalar_t coord, int64_t size, scalar_t* mult) {
     *mult = 0;
     return last;
   }
-  *mult = m;
+  *mult = static_cast<scalar_t>(size) / 2;
   return pos;
 }
 
+// Taps (and, when `slopes` is given, slopes) of one output row from its grid x and y rows.
 template <typename scalar_t>
-inline void corners_of_row(const scalar_t* gx, const scalar_t* gy, int64_t ow, int64_t h,
-                           int64_t w, Corner<scalar_t>* out) {
+inline void prepare_row(const scalar_t* gx, const scalar_t* gy, int64_t ow, int64_t h, int64_t w,
+                        Tap<scalar_t>* taps, Slope<scalar_t>* slopes) {
   for (int64_t o = 0; o < ow; ++o) {
-    Corner<scalar_t>& k = out[o];
-    const scalar_t ix = source_index(gx[o], w, &k.mx);
-    const scalar_t iy = source_index(gy[o], h, &k.my);
-    const scalar_t x0 = std::floor(ix);
-    const scalar_t y0 = std::floor(iy);
-    k.ex = x0 + 1 - ix;
-    k.fx = ix - x0;
-    k.ey = y0 + 1 - iy;
-    k.fy = iy - y0;
-    const int64_t c0 = static_cast<int64_t>(x0);
-    const int64_t r0 = static_cast<int64_t>(y0);
-    k.index = r0 * w + c0;
-    k.dx = c0 + 1 < w ? 1 : 0;
-    k.dy = r0 + 1 < h ? w : 0;
+    scalar_t mx, my;
+    const scalar_t ix = source_index(gx[o], w, &mx);
+    const scalar_t iy = source_index(gy[o], h, &my);
+    const scalar_t x0 = std::floor(ix), y0 = std::floor(iy);
+    const scalar_t ex = x0 + 1 - ix, fx = ix - x0, ey = y0 + 1 - iy, fy = iy - y0;
+    const int64_t c0 = static_cast<int64_t>(x0), r0 = static_cast<int64_t>(y0);
+    Tap<scalar_t>& t = taps[o];
+    t.i00 = r0 * w + c0;
+    t.i01 = t.i00 + (c0 + 1 < w ? 1 : 0);
+    t.i10 = t.i00 + (r0 + 1 < h ? w : 0);
+    t.i11 = t.i10 + (t.i01 - t.i00);
+    t.w00 = ex * ey;
+    t.w01 = fx * ey;
+    t.w10 = ex * fy;
+    t.w11 = fx * fy;
+    if (slopes) slopes[o] = {ex, fx, ey, fy, mx, my};
+  }
+}
+
+template <typename scalar_t>
+inline scalar_t interpolate(const scalar_t* p, const Tap<scalar_t>& t) {
+  return p[t.i00] * t.w00 + p[t.i01] * t.w01 + p[t.i10] * t.w10 + p[t.i11] * t.w11;
+}
+
+// Adds one channel's contribution at pixel o to the grid gradient sums and, if `dst`, scatters
+// g into the input gradient.
+template <typename scalar_t>
+inline void backward_tap(const scalar_t* p, scalar_t* dst, const Tap<scalar_t>& t,
+                         const Slope<scalar_t>& d, scalar_t g, scalar_t& sx, scalar_t& sy) {
+  const scalar_t v00 = p[t.i00], v01 = p[t.i01], v10 = p[t.i10], v11 = p[t.i11];
+  sx += g * (d.ey * (v01 - v00) + d.fy * (v11 - v10));
+  sy += g * (d.ex * (v10 - v00) + d.fx * (v11 - v01));
+  if (dst) {
+    dst[t.i00] += t.w00 * g;
+    dst[t.i01] += t.w01 * g;
+    dst[t.i10] += t.w10 * g;
+    dst[t.i11] += t.w11 * g;
   }
 }
 
@@ -76,6 +105,8 @@ void check_inputs(const at::Tensor& x, const at::Tensor& grid) {
   TORCH_CHECK(x.is_contiguous() && grid.is_contiguous(), "dysample sampling: contiguous inputs only");
 }
 
+constexpr int64_t kBlock = 4;  // channels per pass: a pixel's taps are read once for all four
+
 }  // namespace
 
 // x [N, C, H, W], grid [N, 2, oH, oW] (normalized x, y planes) -> [N, C, oH, oW]
@@ -83,6 +114,7 @@ at::Tensor sample_forward(const at::Tensor& x, const at::Tensor& grid) {
   check_inputs(x, grid);
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t oh = grid.size(2), ow = grid.size(3);
+  const int64_t plane = h * w, out_plane = oh * ow;
   at::Tensor out = at::empty({n, c, oh, ow}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dysample_sample_forward", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
@@ -90,45 +122,25 @@ at::Tensor sample_forward(const at::Tensor& x, const at::Tensor& grid) {
     scalar_t* op = out.data_ptr<scalar_t>();
     // one task = one output row of one image-group, all its channels
     at::parallel_for(0, n * oh, 1, [&](int64_t begin, int64_t end) {
-      std::vector<Corner<scalar_t>> row(ow);
-      std::vector<scalar_t> weights(4 * ow);
-      for (int64_t t = begin; t < end; ++t) {
-        const int64_t b = t / oh, y = t % oh;
+      std::vector<Tap<scalar_t>> taps(ow);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / oh, y = task % oh;
         const scalar_t* gx = gp + (b * 2 * oh + y) * ow;
-        corners_of_row(gx, gx + oh * ow, ow, h, w, row.data());
-        for (int64_t o = 0; o < ow; ++o) {
-          const Corner<scalar_t>& k = row[o];
-          weights[4 * o] = k.ex * k.ey;
-          weights[4 * o + 1] = k.fx * k.ey;
-          weights[4 * o + 2] = k.ex * k.fy;
-          weights[4 * o + 3] = k.fx * k.fy;
-        }
-        const int64_t plane = h * w, out_plane = oh * ow;
+        prepare_row(gx, gx + out_plane, ow, h, w, taps.data(), (Slope<scalar_t>*)nullptr);
         const scalar_t* src = xp + b * c * plane;
         scalar_t* dst = op + b * c * out_plane + y * ow;
         int64_t ch = 0;
-        // four channels per pass: the corners and weights of a pixel are read once for all four
-        for (; ch + 4 <= c; ch += 4) {
-          const scalar_t* s0 = src + ch * plane;
-          scalar_t* d0 = dst + ch * out_plane;
+        for (; ch + kBlock <= c; ch += kBlock) {
           for (int64_t o = 0; o < ow; ++o) {
-            const Corner<scalar_t>& k = row[o];
-            const scalar_t* wt = weights.data() + 4 * o;
-            const int64_t i00 = k.index, i01 = i00 + k.dx, i10 = i00 + k.dy, i11 = i10 + k.dx;
-            for (int64_t j = 0; j < 4; ++j) {
-              const scalar_t* p = s0 + j * plane;
-              d0[j * out_plane + o] = p[i00] * wt[0] + p[i01] * wt[1] + p[i10] * wt[2] + p[i11] * wt[3];
+            const Tap<scalar_t>& t = taps[o];
+            for (int64_t j = 0; j < kBlock; ++j) {
+              dst[(ch + j) * out_plane + o] = interpolate(src + (ch + j) * plane, t);
             }
           }
         }
         for (; ch < c; ++ch) {
-          const scalar_t* p = src + ch * plane;
-          scalar_t* d = dst + ch * out_plane;
           for (int64_t o = 0; o < ow; ++o) {
-            const Corner<scalar_t>& k = row[o];
-            const scalar_t* wt = weights.data() + 4 * o;
-            const int64_t i00 = k.index, i01 = i00 + k.dx, i10 = i00 + k.dy, i11 = i10 + k.dx;
-            d[o] = p[i00] * wt[0] + p[i01] * wt[1] + p[i10] * wt[2] + p[i11] * wt[3];
+            dst[ch * out_plane + o] = interpolate(src + ch * plane, taps[o]);
           }
         }
       }
@@ -145,14 +157,15 @@ std::vector<at::Tensor> sample_backward(const at::Tensor& grad_out, const at::Te
               "dysample sampling: grad_out must be contiguous and of x's dtype");
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t oh = grid.size(2), ow = grid.size(3);
+  const int64_t plane = h * w, out_plane = oh * ow;
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({n, c, oh, ow}),
               "dysample sampling: grad_out has shape ", grad_out.sizes());
+  at::Tensor grad_x = need_input_grad ? at::zeros_like(x) : at::Tensor();
   // Channel chunks only when there are fewer image-groups than threads; each chunk then
   // keeps its own partial grid gradient, summed at the end.
   const int64_t threads = at::get_num_threads();
   const int64_t chunks = std::min<int64_t>(c, std::max<int64_t>(1, (threads + n - 1) / n));
   const int64_t per_chunk = (c + chunks - 1) / chunks;
-  at::Tensor grad_x = need_input_grad ? at::zeros_like(x) : at::Tensor();
   at::Tensor partial = at::empty({chunks, n, 2, oh, ow}, grid.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dysample_sample_backward", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
@@ -160,51 +173,53 @@ std::vector<at::Tensor> sample_backward(const at::Tensor& grad_out, const at::Te
     const scalar_t* gop = grad_out.data_ptr<scalar_t>();
     scalar_t* gxp = need_input_grad ? grad_x.data_ptr<scalar_t>() : nullptr;
     scalar_t* pp = partial.data_ptr<scalar_t>();
+    // one task = one image-group (or a chunk of its channels), all rows: every input-gradient
+    // plane is written by one task only
     at::parallel_for(0, n * chunks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<Corner<scalar_t>> row(ow);
-      std::vector<scalar_t> acc_x(ow), acc_y(ow);
-      for (int64_t t = begin; t < end; ++t) {
-        const int64_t b = t / chunks, chunk = t % chunks;
+      std::vector<Tap<scalar_t>> taps(ow);
+      std::vector<Slope<scalar_t>> slopes(ow);
+      std::vector<scalar_t> sum_x(ow), sum_y(ow);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / chunks, chunk = task % chunks;
         const int64_t c_begin = chunk * per_chunk, c_end = std::min(c, c_begin + per_chunk);
-        scalar_t* part = pp + (chunk * n + b) * 2 * oh * ow;
+        scalar_t* part = pp + (chunk * n + b) * 2 * out_plane;
         for (int64_t y = 0; y < oh; ++y) {
           const scalar_t* gx = gp + (b * 2 * oh + y) * ow;
-          corners_of_row(gx, gx + oh * ow, ow, h, w, row.data());
-          std::fill(acc_x.begin(), acc_x.end(), scalar_t(0));
-          std::fill(acc_y.begin(), acc_y.end(), scalar_t(0));
-          for (int64_t ch = c_begin; ch < c_end; ++ch) {
-            const int64_t plane = (b * c + ch) * h * w;
-            const scalar_t* src = xp + plane;
-            const scalar_t* go = gop + ((b * c + ch) * oh + y) * ow;
-            scalar_t* dst = gxp ? gxp + plane : nullptr;
+          prepare_row(gx, gx + out_plane, ow, h, w, taps.data(), slopes.data());
+          std::fill(sum_x.begin(), sum_x.end(), scalar_t(0));
+          std::fill(sum_y.begin(), sum_y.end(), scalar_t(0));
+          const scalar_t* src = xp + b * c * plane;
+          const scalar_t* go = gop + b * c * out_plane + y * ow;
+          scalar_t* dst = gxp ? gxp + b * c * plane : nullptr;
+          int64_t ch = c_begin;
+          for (; ch + kBlock <= c_end; ch += kBlock) {
             for (int64_t o = 0; o < ow; ++o) {
-              const Corner<scalar_t>& k = row[o];
-              const scalar_t g = go[o];
-              const scalar_t* p = src + k.index;
-              const scalar_t v00 = p[0], v01 = p[k.dx], v10 = p[k.dy], v11 = p[k.dx + k.dy];
-              acc_x[o] += g * (k.ey * (v01 - v00) + k.fy * (v11 - v10));
-              acc_y[o] += g * (k.ex * (v10 - v00) + k.fx * (v11 - v01));
-              if (dst) {
-                scalar_t* q = dst + k.index;
-                q[0] += k.ex * k.ey * g;
-                q[k.dx] += k.fx * k.ey * g;
-                q[k.dy] += k.ex * k.fy * g;
-                q[k.dx + k.dy] += k.fx * k.fy * g;
+              scalar_t sx = 0, sy = 0;
+              for (int64_t j = 0; j < kBlock; ++j) {
+                const int64_t k = ch + j;
+                backward_tap(src + k * plane, dst ? dst + k * plane : dst, taps[o], slopes[o],
+                             go[k * out_plane + o], sx, sy);
               }
+              sum_x[o] += sx;
+              sum_y[o] += sy;
             }
           }
-          scalar_t* out_x = part + y * ow;
-          scalar_t* out_y = part + (oh + y) * ow;
+          for (; ch < c_end; ++ch) {
+            for (int64_t o = 0; o < ow; ++o) {
+              backward_tap(src + ch * plane, dst ? dst + ch * plane : dst, taps[o], slopes[o],
+                           go[ch * out_plane + o], sum_x[o], sum_y[o]);
+            }
+          }
           for (int64_t o = 0; o < ow; ++o) {
-            out_x[o] = acc_x[o] * row[o].mx;
-            out_y[o] = acc_y[o] * row[o].my;
+            part[y * ow + o] = sum_x[o] * slopes[o].mx;
+            part[out_plane + y * ow + o] = sum_y[o] * slopes[o].my;
           }
         }
       }
     });
   });
   at::Tensor grad_grid = chunks == 1 ? partial.squeeze(0) : partial.sum(0);
-  return {grad_x.defined() ? grad_x : at::empty({0}, x.options()), grad_grid};
+  return {need_input_grad ? grad_x : at::empty({0}, x.options()), grad_grid};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -14,12 +14,20 @@ import threading
 __all__ = ["load", "status"]
 
 SOURCE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "csrc", "dysample_sampling_cpu.cpp")
+logger = logging.getLogger(__name__)
 _lock = threading.Lock()
 _state = {"tried": False, "module": None, "reason": None}
 
 
 def _build(verbose: bool):
-    from torch.utils import cpp_extension
+    # importing cpp_extension warns about CUDA_HOME on CPU-only machines: not relevant here
+    extension_logger = logging.getLogger("torch.utils.cpp_extension")
+    level = extension_logger.level
+    extension_logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        extension_logger.setLevel(level)
 
     # torch looks for `ninja` on PATH; in a virtualenv called by its full path it lies next to
     # the interpreter.
@@ -46,11 +54,13 @@ def load(verbose: bool = False):
             _state["reason"] = "turned off by DYSAMPLE_D2_NATIVE=0"
         else:
             try:
+                logger.info("dysample_d2: loading the compiled CPU sampling kernel (the first "
+                            "time it is built: about a minute)")
                 _state["module"] = _build(verbose)
             except Exception as e:  # no compiler, no ninja, read-only cache, ...
                 first_line = (str(e).strip().splitlines() or [""])[0]
                 _state["reason"] = f"could not be built ({type(e).__name__}: {first_line})"
-                logging.getLogger(__name__).warning(
+                logger.warning(
                     "dysample_d2: compiled CPU sampling kernel %s; using the pure-PyTorch path "
                     "(same results, slower on CPU)", _state["reason"])
         _state["tried"] = True

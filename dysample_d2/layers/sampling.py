@@ -4,23 +4,25 @@ DySample's CPU fast path: offsets -> sampling grid -> bilinear sampling as one a
 Where the time went on CPU (torch.profiler, B=2, C=256, 100x168 -> 200x336): the 1x1 offset
 conv through mkldnn (a quarter of a training step for 32 output channels; the same product as
 one matmul is several times faster), a chain of small ops building the grid (scale,
-pixel_shuffle, permute, addcmul, reshape copy), and grid_sample's backward, whose input
-gradient is a scalar scatter per channel (about 3/4 of that backward).
+pixel_shuffle, permute, addcmul, reshape copy), and grid_sample itself: its CPU kernels gather
+with vector gather instructions (slow on AMD Zen: its forward took 1.4x bilinear's time there)
+and its backward scatters the input gradient one scalar per channel.
 
 * offsets: one ``bmm`` of the effective weight ``[M, C]`` with ``x`` viewed ``[B, C, H*W]``;
   the module folds style "pl" (pixel_shuffle, then conv) into a block-diagonal weight over the
   unshuffled channels, so the same matmul serves both styles;
 * grid: one ``addcmul`` writes the normalized grid, planar ``[B*G, 2, sH, sW]``, straight from
-  the matmul output (pixel_shuffle, scope factor and normalization folded in; grid_sample reads
-  the planar layout through a permuted view as fast as an interleaved one);
-* forward sampling: ``grid_sampler_2d`` itself (a fused gather; the alternatives measured,
-  index/embedding_bag gathers, dense shifted multiply-adds, MKL sparse matmul, were slower);
-* backward: grid_sample's backward for the grid gradient only, the input gradient as a sparse
-  matmul with DySample's fixed neighbourhood structure (input_grad.py; grid_sample's scatter
-  where MKL's sparse BLAS is missing or offsets are large), and the offset branch's input
-  gradient accumulated in place into it (``baddbmm_``), no extra input-sized buffers.
+  the matmul output (pixel_shuffle, scope factor and normalization folded in);
+* sampling, forward and backward: the compiled kernel ``csrc/dysample_sampling_cpu.cpp``
+  (native.py; grid_sample's arithmetic, taps computed once per pixel for blocks of channels,
+  the input gradient written plane by plane without atomics, the grid gradient in the same
+  pass). Where it cannot be built (``NATIVE`` False, or no compiler): ``grid_sampler_2d``
+  forward and, backward, its grid gradient with the input gradient as a sparse matmul over
+  DySample's fixed neighbourhoods (input_grad.py; grid_sample's scatter where MKL's sparse BLAS
+  is missing or offsets are large). Both paths give the same results;
+* the offset branch's input gradient is accumulated in place (``baddbmm_``).
 
-Exact: the same grid_sample (bilinear, padding "border", align_corners=False) on the same grid
+Exact: the same bilinear sampling (padding "border", align_corners=False) on the same grid
 formula ``base + offset * (2/W, 2/H)``; scale factors 0.25 / 0.5 are powers of two, so folding
 them changes no bit; the gradients are the same sums in another order. CUDA, tracing,
 scripting and export keep the plain ops (see `use_fused`).

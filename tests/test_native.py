@@ -1,0 +1,152 @@
+"""The compiled CPU sampling kernel (dysample_d2/csrc) against ATen's grid_sampler_2d."""
+import pytest
+import torch
+
+from dysample_d2 import DySample
+from dysample_d2.layers import dysample as dysample_module
+from dysample_d2.layers import native, sampling
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    module = native.load()
+    assert module is not None, native.status()  # scripts/install.sh builds it
+    return module
+
+
+def dysample_like_grid(n, h, w, scale, offset_px, dtype, seed=0):
+    """Planar grid [N, 2, sH, sW]: bilinear positions plus offsets of about offset_px."""
+    gen = torch.Generator().manual_seed(seed)
+    base = dysample_module._base_grid(scale * h, scale * w, torch.device("cpu"), dtype)
+    step = torch.tensor([2 / w, 2 / h], dtype=dtype)
+    offsets = torch.randn(n, scale * h, scale * w, 2, dtype=dtype, generator=gen)
+    return (base + offsets * offset_px * step).permute(0, 3, 1, 2).contiguous()
+
+
+def aten_reference(x, grid, grad):
+    grid_nhwc = grid.permute(0, 2, 3, 1)
+    out = torch.grid_sampler_2d(x, grid_nhwc, 0, 1, False)  # bilinear, border, corners False
+    gx, gg = torch.ops.aten.grid_sampler_2d_backward(grad, x, grid_nhwc, 0, 1, False, [True, True])
+    return out, gx, gg.permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("scale, h, w", [(2, 7, 9), (2, 1, 3), (3, 5, 4), (4, 3, 3), (2, 2, 1)])
+@pytest.mark.parametrize("offset_px", [0.0, 0.3, 3.0, 40.0])
+@pytest.mark.parametrize("channels", [4, 5, 1])
+def test_equals_grid_sample_float64(kernel, scale, h, w, offset_px, channels):
+    """Inside, across cells, off the image (border clamping), channel counts around the block."""
+    grid = dysample_like_grid(3, h, w, scale, offset_px, torch.float64)
+    x = torch.randn(3, channels, h, w, dtype=torch.float64)
+    grad = torch.randn(3, channels, scale * h, scale * w, dtype=torch.float64)
+    out, gx, gg = aten_reference(x, grid, grad)
+    ours_gx, ours_gg = kernel.sample_backward(grad, x, grid, True)
+    assert (kernel.sample_forward(x, grid) - out).abs().max().item() < 1e-12
+    assert (ours_gx - gx).abs().max().item() < 1e-12
+    assert (ours_gg - gg).abs().max().item() < 1e-10
+
+
+def test_exact_image_edges_float64(kernel):
+    """Coordinates exactly on the first/last pixel centre and on the image border."""
+    w = h = 5
+    centres = [-1 + 1 / w, 1 - 1 / w, -1.0, 1.0, 0.0, 1 - 3 / w]
+    gx = torch.tensor(centres, dtype=torch.float64).view(1, len(centres)).expand(len(centres), -1)
+    gy = gx.t()
+    grid = torch.stack([gx, gy]).unsqueeze(0).contiguous()  # [1, 2, 6, 6]
+    x = torch.randn(1, 3, h, w, dtype=torch.float64)
+    grad = torch.randn(1, 3, len(centres), len(centres), dtype=torch.float64)
+    out, gxr, ggr = aten_reference(x, grid, grad)
+    ours_gx, ours_gg = kernel.sample_backward(grad, x, grid, True)
+    assert (kernel.sample_forward(x, grid) - out).abs().max().item() < 1e-12
+    assert (ours_gx - gxr).abs().max().item() < 1e-12
+    assert (ours_gg - ggr).abs().max().item() < 1e-12
+
+
+def test_float32_and_no_input_gradient(kernel):
+    grid = dysample_like_grid(8, 25, 42, 2, 0.5, torch.float32)
+    x = torch.randn(8, 64, 25, 42)
+    grad = torch.randn(8, 64, 50, 84)
+    out, gx, gg = aten_reference(x, grid, grad)
+    torch.testing.assert_close(kernel.sample_forward(x, grid), out, rtol=1e-5, atol=1e-5)
+    ours_gx, ours_gg = kernel.sample_backward(grad, x, grid, True)
+    torch.testing.assert_close(ours_gx, gx, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(ours_gg, gg, rtol=1e-4, atol=1e-3)
+    empty, only_gg = kernel.sample_backward(grad, x, grid, False)
+    assert empty.numel() == 0
+    torch.testing.assert_close(only_gg, ours_gg, rtol=0, atol=0)
+
+
+def test_channel_chunks_when_fewer_images_than_threads(kernel):
+    """One image-group on 4 threads: channel chunks with partial grid gradients, then summed."""
+    threads = torch.get_num_threads()
+    grid = dysample_like_grid(1, 6, 7, 2, 0.4, torch.float64)
+    x = torch.randn(1, 10, 6, 7, dtype=torch.float64)
+    grad = torch.randn(1, 10, 12, 14, dtype=torch.float64)
+    _, gx, gg = aten_reference(x, grid, grad)
+    torch.set_num_threads(4)
+    try:
+        ours_gx, ours_gg = kernel.sample_backward(grad, x, grid, True)
+    finally:
+        torch.set_num_threads(threads)
+    assert (ours_gx - gx).abs().max().item() < 1e-12
+    assert (ours_gg - gg).abs().max().item() < 1e-12
+
+
+def test_bad_arguments_are_refused(kernel):
+    x = torch.randn(2, 3, 4, 5)
+    with pytest.raises(RuntimeError, match="dysample sampling: expected x"):
+        kernel.sample_forward(x, torch.zeros(2, 3, 8, 10))
+    with pytest.raises(RuntimeError, match="dtypes differ"):
+        kernel.sample_forward(x, torch.zeros(2, 2, 8, 10, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="contiguous"):
+        kernel.sample_forward(x, torch.zeros(2, 8, 10, 2).permute(0, 3, 1, 2))
+    with pytest.raises(RuntimeError, match="grad_out has shape"):
+        kernel.sample_backward(torch.zeros(2, 3, 8, 9), x, torch.zeros(2, 2, 8, 10), True)
+
+
+def run_module(x, grad):
+    torch.manual_seed(0)
+    module = DySample(16, 2, "lp", 4, dyscope=True)
+    with torch.no_grad():
+        module.offset.weight.normal_(std=0.1)
+        module.scope.weight.normal_(std=0.1)
+    x = x.detach().requires_grad_()
+    out = module(x)
+    return [out] + list(torch.autograd.grad(out, [x] + list(module.parameters()), grad))
+
+
+def test_without_a_compiler_dysample_falls_back_with_one_reason(monkeypatch, caplog):
+    """A failed build: the pure-PyTorch path runs, gives the same results, status says why."""
+    x, grad = torch.randn(2, 16, 9, 11), torch.randn(2, 16, 18, 22)
+    with_kernel = run_module(x, grad)
+    monkeypatch.setattr(native, "_state", {"tried": False, "module": None, "reason": None})
+
+    def no_compiler(verbose):
+        raise RuntimeError("Error building extension 'dysample_d2_sampling_cpu': c++ not found")
+
+    monkeypatch.setattr(native, "_build", no_compiler)
+    with caplog.at_level("WARNING", logger=native.__name__):
+        without = run_module(x, grad)
+    assert native.load() is None
+    assert "could not be built (RuntimeError: Error building extension" in native.status()
+    assert sum("pure-PyTorch path" in r.getMessage() for r in caplog.records) == 1
+    for a, b in zip(with_kernel, without):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_turned_off_by_environment(monkeypatch):
+    monkeypatch.setattr(native, "_state", {"tried": False, "module": None, "reason": None})
+    monkeypatch.setenv("DYSAMPLE_D2_NATIVE", "0")
+    monkeypatch.setattr(native, "_build", lambda verbose: pytest.fail("must not build"))
+    assert native.load() is None
+    assert native.status().endswith("turned off by DYSAMPLE_D2_NATIVE=0")
+
+
+def test_module_switch_selects_the_path(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "grid_sampler_2d", lambda *a: calls.append(1) or torch.zeros(1))
+    DySample(8, 2, groups=2)(torch.randn(1, 8, 4, 4))  # the kernel: ATen's sampler not called
+    assert calls == []
+    monkeypatch.setattr(sampling, "NATIVE", False)
+    with pytest.raises(RuntimeError):  # the stub's output has the wrong size: it was called
+        DySample(8, 2, groups=2)(torch.randn(1, 8, 4, 4))
+    assert calls == [1]
