@@ -45,6 +45,23 @@ class Interpolate(nn.Module):
         return F.interpolate(x, scale_factor=self.scale, mode=self.mode, align_corners=align)
 
 
+class PyTorchPath(nn.Module):
+    """DySample with the compiled CPU kernel switched off: the pure-PyTorch fallback path."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        from dysample_d2.layers import sampling
+
+        saved, sampling.NATIVE = sampling.NATIVE, False
+        try:
+            return self.module(x)
+        finally:
+            sampling.NATIVE = saved
+
+
 def build_cases(channels, scale, groups, dtype, device):
     from dysample_d2 import DySample
     from reference_dysample import ReferenceDySample
@@ -57,6 +74,8 @@ def build_cases(channels, scale, groups, dtype, device):
         reference = ReferenceDySample(channels, scale, style, groups, dyscope)
         reference.load_state_dict(module.state_dict())  # same weights: same outputs
         cases.append((f"DySample-{tag}", module))
+        if device.type == "cpu" and style == "lp":  # the fallback where the kernel can't build
+            cases.append((f"DySample-{tag} (PyTorch)", PyTorchPath(module)))
         references.append((f"straightforward-{tag}", reference))
     return [(name, m.to(device=device, dtype=dtype)) for name, m in cases + references]
 
@@ -120,7 +139,7 @@ def measure_shape(shape, args, device, dtype):
             row[f"fwd_vs_{base}"] = row["fwd_ms"] / ref[base]["fwd_ms"]
             row[f"train_vs_{base}"] = row["train_ms"] / ref[base]["train_ms"]
         print(
-            f"  [{row['shape']}] {row['case']:<22} fwd {row['fwd_ms']:8.2f} ms "
+            f"  [{row['shape']}] {row['case']:<26} fwd {row['fwd_ms']:8.2f} ms "
             f"({row['fwd_vs_bilinear']:.2f}x bilinear)  fwd+bwd {row['train_ms']:8.2f} ms "
             f"({row['train_vs_bilinear']:.2f}x)  peak {row['train_peak_mb']:.1f} MB",
             flush=True,
@@ -134,7 +153,8 @@ def write_markdown(path, rows, info, args):
         f"Command: `{info['command']}`", "",
         f"Machine: {info['machine']}; 1-minute load average {info['load_start']} at the start, "
         f"{info['load_end']} at the end (other jobs share the machine).", "",
-        f"Device {args.device}, dtype {args.dtype}, scale x{args.scale}, groups {args.groups}, "
+        f"Device {args.device}, dtype {args.dtype}, scale x{args.scale}, groups {args.groups}; "
+        f"{info['kernel']}; \"(PyTorch)\": the same module on its pure-PyTorch path; "
         f"median of {args.repeats} interleaved repeats after {args.warmup} warm-up. "
         "FLOPs: fvcore on the traced graph (multiply-adds; grid_sampler 4 per output "
         "element, elementwise ops 1 per element via handles added here); peak: memory "
@@ -188,7 +208,10 @@ def main(argv=None):
     info = machine_info(device, args.threads)
     info["command"] = "python " + " ".join([os.path.relpath(__file__, REPO)] + sys.argv[1:])
     info["load_start"] = load_average()
-    print(f"{info['machine']}\n{len(shapes)} shapes x 10 upsamplers, {args.repeats} repeats",
+    from dysample_d2.layers import native
+
+    info["kernel"] = native.status() if device.type == "cpu" else "CUDA: conv2d + grid_sample"
+    print(f"{info['machine']}\n{info['kernel']}\n{len(shapes)} shapes, {args.repeats} repeats",
           flush=True)
     rows = []
     for shape in shapes:

@@ -27,11 +27,11 @@ def test_benchmark_upsamplers_quick(tmp_path):
     stdout = run_script("benchmark_upsamplers.py", tmp_path, "--shape", "1,8,5,7")
     markdown = (tmp_path / "results.md").read_text()
     rows = table_rows(markdown)
-    names = ["nearest", "bilinear"] + [
-        f"{impl}-{variant}"
-        for impl in ("DySample", "straightforward")
-        for variant in ("lp", "pl", "lp+", "pl+")
+    names = ["nearest", "bilinear", "DySample-lp", "DySample-lp (PyTorch)", "DySample-pl",
+             "DySample-lp+", "DySample-lp+ (PyTorch)", "DySample-pl+"] + [
+        f"straightforward-{variant}" for variant in ("lp", "pl", "lp+", "pl+")
     ]
+    assert "compiled CPU sampling kernel: loaded" in markdown
     for shape in ("1x16x6x10", "1x8x5x7"):
         assert [r[1].strip() for r in rows if r[0].strip() == shape] == names
     for row in rows:
