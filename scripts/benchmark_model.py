@@ -53,6 +53,21 @@ CONFIGS = {
                      "COCO-PanopticSegmentation/panoptic_fpn_R_50_DySamplePlus_1x.yaml"),
 }
 UPSAMPLERS = ("nearest", "DySample", "DySample+")
+# Profiler events of the FPN's upsampling on CPU (eager): nearest interpolation, DySample's
+# Function (its CPU total holds its matmul, grid and sampling) and their backward nodes.
+UPSAMPLING_EVENTS = ("aten::upsample_nearest2d", "aten::upsample_nearest2d_backward",
+                     "FusedDySample", "FusedDySampleBackward")
+
+
+def upsampling_ms(fn, runs=1):
+    """CPU time (ms) that `fn` spends in the FPN's upsampling ops, from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(runs):
+            fn()
+    events = prof.key_averages()
+    return sum(e.cpu_time_total for e in events if e.key in UPSAMPLING_EVENTS) / runs / 1e3
 
 
 def build(config, device, norm, quick=False):
@@ -188,6 +203,10 @@ def measure_arch(arch, args, device):
         for i in [(r + k) % len(models) for k in range(len(models))]:
             rows[i]["infer"].append(timed(lambda: infer(models[i][0])))
             rows[i]["train"].append(timed(lambda: train(models[i][0])))
+    if device == "cpu":  # the upsamplers' own time inside the model, free of the convs' noise
+        for row, (model, _) in zip(rows, models):
+            row["infer_upsampling_ms"] = upsampling_ms(lambda: infer(model))
+            row["train_upsampling_ms"] = upsampling_ms(lambda: train(model))
     for row in rows:
         row["infer_samples_ms"] = [round(1e3 * t, 2) for t in row.pop("infer")]
         row["train_samples_ms"] = [round(1e3 * t, 2) for t in row.pop("train")]
@@ -198,16 +217,30 @@ def measure_arch(arch, args, device):
         keys = ("params", "infer_ms", "train_ms", "train_peak_mb") + (("flops",) * args.flops)
         for key in keys:
             row[f"{key}_vs_nearest"] = row[key] / base[key] if base[key] else float("nan")
+        for key in ("infer", "train"):  # what the upsampler adds, against the nearest model
+            if f"{key}_upsampling_ms" in row:
+                extra = row[f"{key}_upsampling_ms"] - base[f"{key}_upsampling_ms"]
+                row[f"{key}_upsampling_share"] = extra / base[f"{key}_ms"]
         print(f"  [{device}] {arch} {row['upsampler']:<9} inference {row['infer_ms']:9.1f} ms/img "
               f"({row['infer_ms_vs_nearest']:.3f}x nearest)  train {row['train_ms']:9.1f} ms/iter "
               f"({row['train_ms_vs_nearest']:.3f}x)  peak {row['train_peak_mb']:.0f} MB "
-              f"({row['train_peak_mb_vs_nearest']:.3f}x)", flush=True)
+              f"({row['train_peak_mb_vs_nearest']:.3f}x)" + (
+                  f"  upsampling {row['infer_upsampling_ms']:.1f} / {row['train_upsampling_ms']:.1f}"
+                  " ms" if "infer_upsampling_ms" in row else ""), flush=True)
     return rows
 
 
 def _spread(row, key):
     samples = row[f"{key}_samples_ms"]
     return f"{row[key + '_ms']:.1f} ({min(samples):.0f}-{max(samples):.0f})"
+
+
+def _upsampling(row):
+    if "infer_upsampling_ms" not in row:
+        return "- | -"
+    return (f"{row['infer_upsampling_ms']:.1f} / {row['train_upsampling_ms']:.1f} "
+            f"| {100 * row['infer_upsampling_share']:+.2f} % / "
+            f"{100 * row['train_upsampling_share']:+.2f} %")
 
 
 def write_markdown(path, rows, info, args):
@@ -227,11 +260,16 @@ def write_markdown(path, rows, info, args):
         "would be arbitrary) and the mask head runs on all of them. \"backbone\": ResNet-50 + "
         "FPN alone, the part whose work the upsampler changes (inference: one image; training: "
         "forward + backward of batch 2, loss = mean of each output level). Latencies: median "
-        "(min-max) of the repeats.", "",
+        "(min-max) of the repeats. Upsampling (CPU): torch.profiler's CPU time of the FPN's "
+        "upsampling ops in one more inference and one more training iteration (nearest: "
+        "upsample_nearest2d and its backward; DySample: its autograd Function and backward, "
+        "matmuls and grid included); added: that time minus the nearest model's, as a share "
+        "of the nearest model's median latency.", "",
         "| device | model | FPN upsampler | params (M) | GFLOPs | inference ms/img "
         "| train ms/iter | train peak MB | params / nearest | GFLOPs / nearest "
-        "| inference / nearest | train / nearest | peak / nearest |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| inference / nearest | train / nearest | peak / nearest "
+        "| upsampling ms: inference / train | upsampling added: inference / train |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         flops = f"{r['flops'] / 1e9:.1f}" if "flops" in r else "-"
@@ -240,7 +278,8 @@ def write_markdown(path, rows, info, args):
             f"| {r['device']} | {r['arch']} | {r['upsampler']} | {r['params'] / 1e6:.3f} "
             f"| {flops} | {_spread(r, 'infer')} | {_spread(r, 'train')} | {r['train_peak_mb']:.0f} "
             f"| {r['params_vs_nearest']:.4f} | {flops_ratio} | {r['infer_ms_vs_nearest']:.3f} "
-            f"| {r['train_ms_vs_nearest']:.3f} | {r['train_peak_mb_vs_nearest']:.3f} |"
+            f"| {r['train_ms_vs_nearest']:.3f} | {r['train_peak_mb_vs_nearest']:.3f} "
+            f"| {_upsampling(r)} |"
         )
     skipped = sorted({op for r in rows for op in r.get("flops_skipped", [])})
     if args.flops:

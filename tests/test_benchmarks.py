@@ -56,3 +56,7 @@ def test_benchmark_model_quick(tmp_path, arch):
     assert params[0] < params[1] < params[2]  # DySample+ adds the scope convs
     assert all(float(r[4]) > 0 for r in rows)  # GFLOPs
     assert [r[8].strip() for r in rows][0] == "1.0000"  # params / nearest
+    # the upsamplers' own CPU time inside the model (profiler), and what DySample adds
+    upsampling = [[float(v) for v in r[13].split("/")] for r in rows]
+    assert all(ms > 0 for row in upsampling for ms in row)
+    assert rows[0][14].strip() == "+0.00 % / +0.00 %"
