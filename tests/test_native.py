@@ -150,3 +150,16 @@ def test_module_switch_selects_the_path(monkeypatch):
     with pytest.raises(RuntimeError):  # the stub's output has the wrong size: it was called
         DySample(8, 2, groups=2)(torch.randn(1, 8, 4, 4))
     assert calls == [1]
+
+
+def test_non_finite_grid_reads_inside_the_image(kernel):
+    """NaN / inf positions (a diverged training) must not index outside the input."""
+    x = torch.randn(1, 3, 4, 5)
+    grid = torch.zeros(1, 2, 8, 10)
+    grid[0, 0, 0, :4] = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.5])
+    grid[0, 1, 1, :2] = torch.tensor([float("nan"), float("inf")])
+    out = kernel.sample_forward(x, grid)
+    assert torch.isfinite(out).all()
+    gx, gg = kernel.sample_backward(torch.ones_like(out), x, grid, True)
+    assert torch.isfinite(gx).all() and torch.isfinite(gg).all()
+    assert gg[0, 0, 0, :3].eq(0).all()  # clipped or NaN coordinates pass no gradient

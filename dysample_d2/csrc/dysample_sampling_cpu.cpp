@@ -38,7 +38,7 @@ struct Slope {
 template <typename scalar_t>
 inline scalar_t source_index(scalar_t coord, int64_t size, scalar_t* mult) {
   const scalar_t pos = ((coord + 1) * size - 1) / 2;
-  if (pos <= static_cast<scalar_t>(0)) {
+  if (!(pos > static_cast<scalar_t>(0))) {  // also NaN (diverged offsets): never an index from NaN
     *mult = 0;
     return 0;
   }
