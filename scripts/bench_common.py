@@ -131,12 +131,16 @@ def write_chart(path, rows, title):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=90)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = plt.get_cmap("tab20").colors  # 20 distinct colours; the shape tells the family
     for i, row in enumerate(rows):
-        color = colors[i % len(colors)]
+        color = colors[(2 * i) % 20 + (2 * i) // 20 % 2]
+        name = row["case"]
+        marker = ("D" if name.startswith("straightforward") else "^" if "(PyTorch)" in name
+                  else "o" if name.startswith("DySample") else "s")
         kparams = row["params"] / 1e3
-        ax.scatter([kparams], [row["train_ms"]], color=color, s=40, label=row["case"])
-        ax.scatter([kparams], [row["fwd_ms"]], facecolors="none", edgecolors=color, s=40)
+        ax.scatter([kparams], [row["train_ms"]], color=color, marker=marker, s=40, label=name)
+        ax.scatter([kparams], [row["fwd_ms"]], facecolors="none", edgecolors=color,
+                   marker=marker, s=40)
     ax.set_xlabel("parameters (thousands)")
     ax.set_ylabel("latency (ms): filled fwd+bwd, hollow forward")
     ax.set_title(title, fontsize=10)
