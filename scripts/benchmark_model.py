@@ -59,7 +59,7 @@ UPSAMPLING_EVENTS = ("aten::upsample_nearest2d", "aten::upsample_nearest2d_backw
                      "FusedDySample", "FusedDySampleBackward")
 
 
-def upsampling_ms(fn, runs=1):
+def upsampling_ms(fn, runs=3):
     """CPU time (ms) that `fn` spends in the FPN's upsampling ops, from torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -204,6 +204,7 @@ def measure_arch(arch, args, device):
             rows[i]["infer"].append(timed(lambda: infer(models[i][0])))
             rows[i]["train"].append(timed(lambda: train(models[i][0])))
     if device == "cpu":  # the upsamplers' own time inside the model, free of the convs' noise
+        # (mean of 3 profiled runs: single runs of this VM's page-fault-heavy ops vary 2x)
         for row, (model, _) in zip(rows, models):
             row["infer_upsampling_ms"] = upsampling_ms(lambda: infer(model))
             row["train_upsampling_ms"] = upsampling_ms(lambda: train(model))
@@ -261,7 +262,7 @@ def write_markdown(path, rows, info, args):
         "FPN alone, the part whose work the upsampler changes (inference: one image; training: "
         "forward + backward of batch 2, loss = mean of each output level). Latencies: median "
         "(min-max) of the repeats. Upsampling (CPU): torch.profiler's CPU time of the FPN's "
-        "upsampling ops in one more inference and one more training iteration (nearest: "
+        "upsampling ops, mean of 3 more inferences and 3 more training iterations (nearest: "
         "upsample_nearest2d and its backward; DySample: its autograd Function and backward, "
         "matmuls and grid included); added: that time minus the nearest model's, as a share "
         "of the nearest model's median latency.", "",
