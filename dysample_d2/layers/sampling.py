@@ -5,7 +5,7 @@ Where the time went on CPU (torch.profiler, B=2, C=256, 100x168 -> 200x336): the
 conv through mkldnn (a quarter of a training step for 32 output channels; the same product as
 one matmul is several times faster), a chain of small ops building the grid (scale,
 pixel_shuffle, permute, addcmul, reshape copy), and grid_sample itself: its CPU kernels gather
-with vector gather instructions (slow on AMD Zen: its forward took 1.4x bilinear's time there)
+with vector gather instructions (on an AMD Zen 3 its forward took 1.3-1.5x bilinear's time)
 and its backward scatters the input gradient one scalar per channel.
 
 * offsets: one ``bmm`` of the effective weight ``[M, C]`` with ``x`` viewed ``[B, C, H*W]``;
