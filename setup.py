@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["dysample_d2", "dysample_d2.*"]),
     # the CPU sampling kernel's source, built on first use (dysample_d2/layers/native.py)
-    package_data={"dysample_d2": ["csrc/*.cpp"]},
+    package_data={"dysample_d2": ["csrc/*.cpp", "csrc/*.h"]},
     # detectron2 and torch are not listed: neither installs by name from PyPI the way users
     # need it (see scripts/install.sh); a user with Detectron2 runs `pip install -e .`.
     install_requires=["ninja", "fvcore>=0.1.5", "pycocotools>=2.0.2", "matplotlib", "tabulate"],

@@ -8,10 +8,18 @@ from dysample_d2.layers import native, sampling
 
 
 @pytest.fixture(scope="module")
-def kernel():
+def compiled():
     module = native.load()
     assert module is not None, native.status()  # scripts/install.sh builds it
     return module
+
+
+@pytest.fixture(params=["auto", "portable"])
+def kernel(compiled, request):
+    """The kernel with its forward on this CPU's best code path (AVX2 here) and on the portable one."""
+    compiled.forward_isa(request.param)
+    yield compiled
+    compiled.forward_isa("auto")
 
 
 def dysample_like_grid(n, h, w, scale, offset_px, dtype, seed=0):
@@ -89,6 +97,52 @@ def test_channel_chunks_when_fewer_images_than_threads(kernel):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("channels, w", [(67, 21), (8, 8), (3, 5)])
+def test_forward_code_paths_agree_bitwise(compiled, channels, w):
+    """AVX2 (8 x 8 transposes, 8-wide blends) and portable: the same sums, the same bits."""
+    grid = dysample_like_grid(3, 13, w, 2, 0.6, torch.float32)
+    x = torch.randn(3, channels, 13, w)
+    try:
+        outs = {isa: compiled.sample_forward(x, grid) for isa in ("portable", "auto")}
+    finally:
+        compiled.forward_isa("auto")
+    assert torch.equal(outs["portable"], outs["auto"])
+    torch.testing.assert_close(outs["auto"], aten_reference(x, grid, outs["auto"])[0])
+
+
+def test_rows_spread_over_many_input_rows(kernel):
+    """Offsets of many pixels: output rows that read more input rows than the channels-last
+    copies hold are sampled straight from x; rows next to them through the copies."""
+    h, w = 60, 9
+    grid = dysample_like_grid(2, h, w, 2, 0.3, torch.float64)
+    wild = dysample_like_grid(2, h, w, 2, 40.0, torch.float64, seed=1)
+    grid[:, :, ::3] = wild[:, :, ::3]
+    x = torch.randn(2, 11, h, w, dtype=torch.float64)
+    grad = torch.randn(2, 11, 2 * h, 2 * w, dtype=torch.float64)
+    assert_equals_aten_float64(kernel, x, grid, grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("scale, groups", [(2, 4), (3, 1)])
+@pytest.mark.parametrize("gated, with_bias", [(False, False), (False, True), (True, True)])
+def test_make_grid_equals_pytorch_ops(kernel, dtype, scale, groups, gated, with_bias):
+    """The grid from the offset matmul, in the kernel and as sampling._make_grid's torch ops."""
+    b, h, w, s, g = 2, 5, 7, scale, groups
+    m = 2 * g * s * s
+    off = torch.randn(b, h * w, 2 * m if gated else m, dtype=dtype)
+    if gated:
+        off[..., m:].sigmoid_()
+    bias = torch.randn(m, dtype=dtype) if with_bias else None
+    base = dysample_module._base_grid(s * h, s * w, torch.device("cpu"), dtype)
+    norm = torch.tensor([0.5 / w, 0.5 / h], dtype=dtype)
+    expected = sampling._make_grid(off, bias, base, norm, h, w, s, g, gated)
+    no_bias = torch.empty(0, dtype=dtype)
+    grid = kernel.make_grid(off, no_bias if bias is None else bias, base, norm, h, w, s, g, gated)
+    assert grid.shape == (b * g, 2, s * h, s * w)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(grid, expected, rtol=tol, atol=tol)
+
+
 def test_bad_arguments_are_refused(kernel):
     x = torch.randn(2, 3, 4, 5)
     with pytest.raises(RuntimeError, match="dysample sampling: expected x"):
@@ -99,6 +153,15 @@ def test_bad_arguments_are_refused(kernel):
         kernel.sample_forward(x, torch.zeros(2, 8, 10, 2).permute(0, 3, 1, 2))
     with pytest.raises(RuntimeError, match="grad_out has shape"):
         kernel.sample_backward(torch.zeros(2, 3, 8, 9), x, torch.zeros(2, 2, 8, 10), True)
+    base, norm, no_bias = torch.zeros(8, 10, 2), torch.zeros(2), torch.empty(0)
+    with pytest.raises(RuntimeError, match=r"make_grid: expected a contiguous off \[B, 20, 64\]"):
+        kernel.make_grid(torch.zeros(2, 20, 32), no_bias, base, norm, 4, 5, 2, 4, True)
+    with pytest.raises(RuntimeError, match=r"base must be \[8, 10, 2\]"):
+        kernel.make_grid(torch.zeros(2, 20, 32), no_bias, base[:4], norm, 4, 5, 2, 4, False)
+    with pytest.raises(RuntimeError, match=r"bias must be empty or \[32\]"):
+        kernel.make_grid(torch.zeros(2, 20, 32), torch.zeros(5), base, norm, 4, 5, 2, 4, False)
+    with pytest.raises(RuntimeError, match="choice must be 'auto' or 'portable', got 'sse9'"):
+        kernel.forward_isa("sse9")
 
 
 def run_module(x, grad):

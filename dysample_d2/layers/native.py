@@ -1,11 +1,13 @@
 """
-The optional compiled CPU sampling kernel (``dysample_d2/csrc/dysample_sampling_cpu.cpp``).
+The optional compiled CPU sampling kernel (``dysample_d2/csrc/``: forward, backward).
 
 Built on first use with ``torch.utils.cpp_extension.load`` (a C++ compiler and ninja; about a
 minute, then cached under ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``);
 ``scripts/install.sh`` builds it once. Where it cannot be built, DySample keeps its pure-PyTorch
 path (grid_sample, same results) and says why once. ``DYSAMPLE_D2_NATIVE=0`` turns it off.
 """
+import glob
+import hashlib
 import logging
 import os
 import sys
@@ -13,7 +15,8 @@ import threading
 
 __all__ = ["load", "status"]
 
-SOURCE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "csrc", "dysample_sampling_cpu.cpp")
+CSRC = os.path.join(os.path.dirname(os.path.dirname(__file__)), "csrc")
+SOURCES = [os.path.join(CSRC, name) for name in ("sample_forward_cpu.cpp", "sample_backward_cpu.cpp")]
 logger = logging.getLogger(__name__)
 _lock = threading.Lock()
 _state = {"tried": False, "module": None, "reason": None}
@@ -34,10 +37,17 @@ def _build(verbose: bool):
     bindir = os.path.dirname(sys.executable)
     if bindir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    # torch rebuilds when the sources or flags change, but does not look at included headers:
+    # a digest of every file in csrc/ goes into the flags.
+    digest = hashlib.sha1()
+    for path in sorted(glob.glob(os.path.join(CSRC, "*"))):
+        with open(path, "rb") as f:
+            digest.update(f.read())
     return cpp_extension.load(
         name="dysample_d2_sampling_cpu",
-        sources=[SOURCE],
-        extra_cflags=["-O3", "-fopenmp"],  # -fopenmp: at::parallel_for runs torch's threads
+        sources=SOURCES,
+        # -fopenmp: at::parallel_for runs torch's threads
+        extra_cflags=["-O3", "-fopenmp", f"-DDYSAMPLE_CSRC_DIGEST={digest.hexdigest()[:16]}"],
         extra_ldflags=["-fopenmp"],
         verbose=verbose,
     )
@@ -71,5 +81,5 @@ def status() -> str:
     """One line: whether DySample's CPU sampling uses the compiled kernel."""
     module = load()
     if module is not None:
-        return f"compiled CPU sampling kernel: loaded ({module.__file__})"
+        return f"compiled CPU sampling kernel: loaded, {module.forward_isa()} forward ({module.__file__})"
     return f"compiled CPU sampling kernel: not used, {_state['reason']}"

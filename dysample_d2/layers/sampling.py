@@ -88,41 +88,35 @@ class FusedDySample(torch.autograd.Function):
         m = 2 * g * s * s
         gdt = _grid_dtype(x.dtype)
         x = x.contiguous()
-        xv = x.view(b, c, h * w)
-        off = torch.bmm(weight.expand(b, -1, -1), xv)  # [B, M (x2 with dyscope), H*W]
-        if bias is not None:
-            off[:, :bias.numel()].add_(bias.to(off.dtype).view(-1, 1))
-        raw, gate = off[:, :m], None
-        if dyscope:
-            gate = torch.sigmoid(off[:, m:])
-            prod = raw * gate
-        else:
-            prod = raw
-        # planar grid [B, G, 2, H, s, W, s] = [B*G, 2, sH, sW] <- rows (x|y, g, i, j) of prod
-        grid = torch.empty((b, g, 2, h, s, w, s), dtype=gdt, device=x.device)
-        torch.addcmul(
-            base.permute(2, 0, 1).view(1, 1, 2, h, s, w, s),
-            prod.view(b, 2, g, s, s, h, w).permute(0, 2, 1, 5, 3, 6, 4),
-            norm.view(1, 1, 2, 1, 1, 1, 1),
-            out=grid,
-        )
-        grid = grid.view(b * g, 2, s * h, s * w)  # planar: x plane, y plane
         xs = x.view(b * g, c // g, h, w).to(gdt)
+        xv = xs.view(b, c, h * w)
+        # [B, H*W, M (x2 with dyscope)]: x^T W^T, the faster orientation of this product on CPU
+        off = torch.bmm(xv.transpose(1, 2), weight.to(gdt).t().expand(b, -1, -1))
+        off = off.to(gdt)  # autocast may have run the matmul in half precision
+        raw_bias = None if bias is None else bias[:m].to(gdt)
+        if dyscope:  # the scope columns become the gates, in place: off = [raw | gate]
+            if bias is not None and bias.numel() > m:
+                off[..., m:].add_(bias[m:].to(gdt))
+            off[..., m:].sigmoid_()
         kernel = native.load() if NATIVE else None
         if kernel is not None:
+            no_bias = torch.empty(0, dtype=gdt)
+            grid = kernel.make_grid(off, no_bias if raw_bias is None else raw_bias, base, norm,
+                                    h, w, s, g, dyscope)
             out = kernel.sample_forward(xs, grid)
-        else:  # bilinear, border, align_corners=False
+        else:
+            grid = _make_grid(off, raw_bias, base, norm, h, w, s, g, dyscope)
+            # bilinear, border, align_corners=False
             out = torch.grid_sampler_2d(xs, grid.permute(0, 2, 3, 1), 0, 1, False)
         ctx.kernel = kernel
-        ctx.save_for_backward(xs, grid, weight, raw if dyscope else None, gate)
-        bias_rows = (0, None) if bias is None else (bias.numel(), bias.dtype)
-        ctx.config = (b, c, h, w, s, g, m, x.dtype, norm, bias_rows)
+        ctx.save_for_backward(xs, grid, weight, off if dyscope else None, raw_bias)
+        ctx.config = (b, c, h, w, s, g, m, x.dtype, norm, bias)
         return out.view(b, c, s * h, s * w).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        xs, grid, weight, raw, gate = ctx.saved_tensors
-        b, c, h, w, s, g, m, in_dtype, norm, (bias_numel, bias_dtype) = ctx.config
+        xs, grid, weight, off, raw_bias = ctx.saved_tensors
+        b, c, h, w, s, g, m, in_dtype, norm, bias = ctx.config
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         gdt = xs.dtype
         grad_out = grad_out.to(gdt).contiguous().view(b * g, c // g, s * h, s * w)
@@ -130,7 +124,7 @@ class FusedDySample(torch.autograd.Function):
             grad_xs, grad_grid = ctx.kernel.sample_backward(grad_out, xs, grid, need_x)
         else:
             grad_xs, grad_grid = _grid_sample_backward(grad_out, xs, grid, need_x, h, w, s)
-        # d(grid)/d(offset rows) = norm, laid back out as the matmul output [B, M, H*W]
+        # d(grid)/d(offset rows) = norm, laid out as the rows of W x: [B, M, H*W]
         grad_raw = torch.empty((b, 2, g, s, s, h, w), dtype=gdt, device=xs.device)
         torch.mul(
             grad_grid.view(b, g, 2, h, s, w, s).permute(0, 2, 1, 4, 6, 3, 5),
@@ -139,8 +133,9 @@ class FusedDySample(torch.autograd.Function):
         )
         grad_raw = grad_raw.view(b, m, h * w)
         grad_off = grad_raw
-        if gate is not None:  # offsets = raw * sigmoid(scope rows)
-            raw, gate = raw.to(gdt), gate.to(gdt)
+        if off is not None:  # offsets = raw * gate, off = [raw | gate]
+            raw = off[..., :m] if raw_bias is None else off[..., :m] + raw_bias
+            raw, gate = raw.transpose(1, 2), off[..., m:].transpose(1, 2)  # as [B, M, H*W]
             grad_off = torch.empty((b, 2 * m, h * w), dtype=gdt, device=xs.device)
             torch.mul(grad_raw, gate, out=grad_off[:, :m])
             grad_scope = grad_off[:, m:]
@@ -151,12 +146,30 @@ class FusedDySample(torch.autograd.Function):
         if need_w:
             grad_w = torch.matmul(grad_off, xv.transpose(1, 2)).sum(0).to(weight.dtype)
         if need_b:
-            grad_b = grad_off[:, :bias_numel].sum((0, 2)).to(bias_dtype)
+            grad_b = grad_off[:, :bias.numel()].sum((0, 2)).to(bias.dtype)
         if need_x:
             grad_x = grad_xs.view(b, c, h * w)
             grad_x.baddbmm_(weight.to(gdt).t().expand(b, c, weight.shape[0]), grad_off)
             grad_x = grad_x.view(b, c, h, w).to(in_dtype)
         return grad_x, grad_w, grad_b, None, None, None, None, None
+
+
+def _make_grid(off, raw_bias, base, norm, h, w, s, g, gated):
+    """The kernel's make_grid in PyTorch ops: planar grid [B*G, 2, sH, sW] from off [B, H*W, M']."""
+    b, m = off.shape[0], 2 * g * s * s
+    offsets = off[..., :m]
+    if raw_bias is not None:
+        offsets = offsets + raw_bias
+    if gated:
+        offsets = offsets * off[..., m:]
+    grid = torch.empty((b, g, 2, h, s, w, s), dtype=off.dtype, device=off.device)
+    torch.addcmul(  # planar [B, G, 2, H, s, W, s] <- columns (x|y, g, i, j) of offsets
+        base.permute(2, 0, 1).view(1, 1, 2, h, s, w, s),
+        offsets.view(b, h, w, 2, g, s, s).permute(0, 4, 3, 1, 5, 2, 6),
+        norm.view(1, 1, 2, 1, 1, 1, 1),
+        out=grid,
+    )
+    return grid.view(b * g, 2, s * h, s * w)
 
 
 def _grid_sample_backward(grad_out, xs, grid, need_x, h, w, s):
