@@ -187,11 +187,15 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
     p.add_argument("--shape", action="append", default=[], metavar="B,C,H,W",
                    help="an extra input shape (repeatable)")
+    p.add_argument("--no-default-shapes", action="store_true",
+                   help="only the --shape shapes, not the three FPN steps")
     p.add_argument("--scale", type=int, default=2)
     p.add_argument("--groups", type=int, default=4)
     p.add_argument("--out", default="benchmark_results/upsamplers", help="output directory")
     p.add_argument("--quick", action="store_true", help="one tiny shape, 1 repeat: smoke run")
     args = p.parse_args(argv)
+    if args.no_default_shapes and not args.shape:
+        p.error("--no-default-shapes needs at least one --shape B,C,H,W")
     if args.repeats is None:
         args.repeats = 1 if args.quick else 5
     return args
@@ -203,7 +207,7 @@ def main(argv=None):
         sys.exit("--device cuda: CUDA is not available")
     torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    shapes = list(QUICK_SHAPES if args.quick else DEFAULT_SHAPES)
+    shapes = [] if args.no_default_shapes else list(QUICK_SHAPES if args.quick else DEFAULT_SHAPES)
     shapes += [tuple(int(v) for v in s.split(",")) for s in args.shape]
     info = machine_info(device, args.threads)
     info["command"] = "python " + " ".join([os.path.relpath(__file__, REPO)] + sys.argv[1:])

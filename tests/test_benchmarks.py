@@ -45,6 +45,20 @@ def test_benchmark_upsamplers_quick(tmp_path):
     assert (tmp_path / "results.json").exists()
 
 
+def test_benchmark_upsamplers_only_given_shapes(tmp_path):
+    run_script("benchmark_upsamplers.py", tmp_path, "--shape", "1,8,5,7", "--no-default-shapes")
+    rows = table_rows((tmp_path / "results.md").read_text())
+    assert {r[0].strip() for r in rows} == {"1x8x5x7"} and len(rows) == 12
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "benchmark_upsamplers.py"),
+         "--no-default-shapes", "--out", str(tmp_path / "none")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    assert "--no-default-shapes needs at least one --shape B,C,H,W" in result.stderr
+    assert not (tmp_path / "none").exists()
+
+
 @pytest.mark.parametrize("arch", ["faster_rcnn", "backbone"])
 def test_benchmark_model_quick(tmp_path, arch):
     run_script("benchmark_model.py", tmp_path, "--archs", arch, "--device", "cpu")

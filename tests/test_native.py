@@ -125,22 +125,28 @@ def test_rows_spread_over_many_input_rows(kernel):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("scale, groups", [(2, 4), (3, 1)])
 @pytest.mark.parametrize("gated, with_bias", [(False, False), (False, True), (True, True)])
-def test_make_grid_equals_pytorch_ops(kernel, dtype, scale, groups, gated, with_bias):
-    """The grid from the offset matmul, in the kernel and as sampling._make_grid's torch ops."""
-    b, h, w, s, g = 2, 5, 7, scale, groups
+def test_forward_from_offsets_equals_pytorch_ops(kernel, dtype, scale, groups, gated, with_bias):
+    """The forward that builds the grid row by row from the offset matmul: the grid it keeps
+    equals sampling._make_grid's torch ops, its output grid_sample on that grid; without
+    keep_grid the same output and no grid."""
+    b, h, w, s, g, c = 2, 5, 7, scale, groups, 3
     m = 2 * g * s * s
     off = torch.randn(b, h * w, 2 * m if gated else m, dtype=dtype)
     if gated:
         off[..., m:].sigmoid_()
     bias = torch.randn(m, dtype=dtype) if with_bias else None
     base = dysample_module._base_grid(s * h, s * w, torch.device("cpu"), dtype)
-    norm = torch.tensor([0.5 / w, 0.5 / h], dtype=dtype)
-    expected = sampling._make_grid(off, bias, base, norm, h, w, s, g, gated)
-    no_bias = torch.empty(0, dtype=dtype)
-    grid = kernel.make_grid(off, no_bias if bias is None else bias, base, norm, h, w, s, g, gated)
+    norm = torch.tensor([4.0 / w, 4.0 / h], dtype=dtype)  # offsets of about 2 px: across cells
+    x = torch.randn(b * g, c, h, w, dtype=dtype)
+    expected_grid = sampling._make_grid(off, bias, base, norm, h, w, s, g, gated)
+    args = (x, off, torch.empty(0, dtype=dtype) if bias is None else bias, base, norm, s, g, gated)
+    out, grid = kernel.sample_forward_offsets(*args, True)
     assert grid.shape == (b * g, 2, s * h, s * w)
     tol = 1e-12 if dtype == torch.float64 else 1e-6
-    torch.testing.assert_close(grid, expected, rtol=tol, atol=tol)
+    torch.testing.assert_close(grid, expected_grid, rtol=tol, atol=tol)
+    assert torch.equal(out, kernel.sample_forward(x, grid))
+    out_only, no_grid = kernel.sample_forward_offsets(*args, False)
+    assert no_grid.numel() == 0 and torch.equal(out_only, out)
 
 
 def test_bad_arguments_are_refused(kernel):
@@ -153,13 +159,17 @@ def test_bad_arguments_are_refused(kernel):
         kernel.sample_forward(x, torch.zeros(2, 8, 10, 2).permute(0, 3, 1, 2))
     with pytest.raises(RuntimeError, match="grad_out has shape"):
         kernel.sample_backward(torch.zeros(2, 3, 8, 9), x, torch.zeros(2, 2, 8, 10), True)
-    base, norm, no_bias = torch.zeros(8, 10, 2), torch.zeros(2), torch.empty(0)
-    with pytest.raises(RuntimeError, match=r"make_grid: expected a contiguous off \[B, 20, 64\]"):
-        kernel.make_grid(torch.zeros(2, 20, 32), no_bias, base, norm, 4, 5, 2, 4, True)
+    xs, base, norm, no_bias = torch.zeros(8, 3, 4, 5), torch.zeros(8, 10, 2), torch.zeros(2), torch.empty(0)
+    off = torch.zeros(2, 20, 32)
+    forward = kernel.sample_forward_offsets
+    with pytest.raises(RuntimeError, match=r"expected a contiguous off \[2, 20, 64\]"):
+        forward(xs, off, no_bias, base, norm, 2, 4, True, True)
     with pytest.raises(RuntimeError, match=r"base must be \[8, 10, 2\]"):
-        kernel.make_grid(torch.zeros(2, 20, 32), no_bias, base[:4], norm, 4, 5, 2, 4, False)
+        forward(xs, off, no_bias, base[:4], norm, 2, 4, False, True)
     with pytest.raises(RuntimeError, match=r"bias must be empty or \[32\]"):
-        kernel.make_grid(torch.zeros(2, 20, 32), torch.zeros(5), base, norm, 4, 5, 2, 4, False)
+        forward(xs, off, torch.zeros(5), base, norm, 2, 4, False, True)
+    with pytest.raises(RuntimeError, match=r"expected a contiguous x \[B \* G, C / G, H, W\]"):
+        forward(xs[:7], off, no_bias, base, norm, 2, 4, False, True)
     with pytest.raises(RuntimeError, match="choice must be 'auto' or 'portable', got 'sse9'"):
         kernel.forward_isa("sse9")
 

@@ -61,17 +61,17 @@ inline void blend(const scalar_t* __restrict p00, const scalar_t* __restrict p01
   for (int64_t k = 0; k < c; ++k) out[k] = p00[k] * w00 + p01[k] * w01 + p10[k] * w10 + p11[k] * w11;
 }
 
-// Output rows [y0, y1) of one image-group: x [C, H, W], grid [2, oH, oW], out [C, oH, oW].
+// Output rows [y0, y1) of image-group n: x [C, H, W], out [C, oH, oW].
 template <typename scalar_t>
-void sample_rows(const scalar_t* x, const scalar_t* grid, scalar_t* out, const Shape& s,
-                 int64_t y0, int64_t y1, RowsWorkspace<scalar_t>& ws) {
+void sample_rows(const scalar_t* x, const GridSource<scalar_t>& source, int64_t n, scalar_t* out,
+                 const Shape& s, int64_t y0, int64_t y1, RowsWorkspace<scalar_t>& ws) {
   const int64_t plane = s.h * s.w, out_plane = s.oh * s.ow, row_size = s.w * s.c;
   std::fill(ws.tag.begin(), ws.tag.end(), -1);  // another image-group: no row held
   for (int64_t y = y0; y < y1; ++y) {
-    const scalar_t* gx = grid + y * s.ow;
+    const scalar_t* gx = source.row(n, y, s, ws.grid_row.data());
     int64_t r_min = s.h, r_max = -1;
     for (int64_t o = 0; o < s.ow; ++o) {
-      ws.pixels[o] = pixel(locate(gx[o], gx[out_plane + o], s.h, s.w));
+      ws.pixels[o] = pixel(locate(gx[o], gx[s.ow + o], s.h, s.w));
       r_min = std::min(r_min, ws.pixels[o].r0);
       r_max = std::max(r_max, ws.pixels[o].r1);
     }

@@ -145,7 +145,8 @@ std::vector<at::Tensor> sample_backward(const at::Tensor& grad_out, const at::Te
 }  // namespace dysample
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("make_grid", &dysample::make_grid, "DySample's sampling grid from the offset matmul (CPU)");
+  m.def("sample_forward_offsets", &dysample::sample_forward_offsets,
+        "DySample forward from its offset matmul, the grid computed row by row (CPU)");
   m.def("forward_isa", &dysample::forward_isa, pybind11::arg("choice") = "",
         "The forward's code path, avx2 or portable; 'portable' or 'auto' sets it");
   m.def("sample_forward", &dysample::sample_forward, "DySample bilinear sampling, forward (CPU)");

@@ -45,19 +45,21 @@ inline Pixel<scalar_t> pixel(const Corners<scalar_t>& k) {
 }
 
 // Per-thread buffers: channels-last copies of input rows (slot r % slots holds row r, [W, C]),
-// the pixels of one output row, and that row blended, channels-last ([oW, C]).
+// the pixels of one output row, its grid, and the row blended, channels-last ([oW, C]).
 template <typename scalar_t>
 struct RowsWorkspace {
   explicit RowsWorkspace(const Shape& s)
-      : slots(std::max<int64_t>(4, std::min<int64_t>(16, (384 << 10) / (s.w * s.c * sizeof(scalar_t))))),
+      : slots(std::max<int64_t>(4, std::min<int64_t>(16, (64 << 10) / (s.w * s.c * sizeof(scalar_t))))),
         rows(new scalar_t[slots * s.w * s.c]),
         tag(slots, -1),
         pixels(s.ow),
+        grid_row(2 * s.ow),
         blended(new scalar_t[s.ow * s.c]) {}
   int64_t slots;
   std::unique_ptr<scalar_t[]> rows;
   std::vector<int64_t> tag;  // input row held by each slot, -1: none
   std::vector<Pixel<scalar_t>> pixels;
+  std::vector<scalar_t> grid_row;  // x, y of one output row when computed from the offsets
   std::unique_ptr<scalar_t[]> blended;
 };
 
@@ -79,6 +81,50 @@ void sample_row_direct(const scalar_t* x, const Pixel<scalar_t>* pixels, scalar_
     }
   }
 }
+
+// Where the grid rows come from: a planar grid [N, 2, oH, oW], or DySample's offset matmul
+// off [B, H * W, M (2M with gates)], M = 2 * G * s^2 columns in the lp channel order (x|y,
+// group, i, j), N = B * G:  grid = base + (column + bias) (* gate) * norm, optionally saved.
+template <typename scalar_t>
+struct GridSource {
+  const scalar_t* grid = nullptr;
+  const scalar_t* off = nullptr;   // used when grid is null
+  const scalar_t* bias = nullptr;  // [M] or null
+  const scalar_t* base = nullptr;  // [oH, oW, 2]: the bilinear positions
+  scalar_t norm[2] = {0, 0};       // (2 / W, 2 / H) times the scope factor
+  int64_t scale = 0, groups = 0, cols = 0;
+  bool gated = false;
+  scalar_t* save = nullptr;  // [N, 2, oH, oW] or null
+
+  // x and y of output row y of image-group n: two rows of ow values (buf: 2 * ow scratch).
+  const scalar_t* row(int64_t n, int64_t y, const Shape& sh, scalar_t* buf) const {
+    const int64_t plane = sh.oh * sh.ow;
+    if (grid) {
+      std::copy(grid + (n * 2 * sh.oh + y) * sh.ow, grid + (n * 2 * sh.oh + y + 1) * sh.ow, buf);
+      std::copy(grid + (n * 2 + 1) * plane + y * sh.ow, grid + (n * 2 + 1) * plane + (y + 1) * sh.ow,
+                buf + sh.ow);
+      return buf;
+    }
+    const int64_t s = scale, g = groups, m = 2 * g * s * s, b = n / g, gi = n % g;
+    const int64_t r = y / s, i = y % s;
+    for (int64_t axis = 0; axis < 2; ++axis) {
+      scalar_t* dst = buf + axis * sh.ow;
+      const int64_t first = ((axis * g + gi) * s + i) * s;
+      for (int64_t col = 0; col < sh.w; ++col) {
+        const scalar_t* px = off + ((b * sh.h + r) * sh.w + col) * cols;
+        for (int64_t j = 0; j < s; ++j) {
+          const int64_t k = first + j, o = col * s + j;
+          scalar_t v = px[k];
+          if (bias) v = v + bias[k];
+          if (gated) v = v * px[m + k];
+          dst[o] = base[(y * sh.ow + o) * 2 + axis] + v * norm[axis];
+        }
+      }
+      if (save) std::copy(dst, dst + sh.ow, save + (n * 2 + axis) * plane + y * sh.ow);
+    }
+    return buf;
+  }
+};
 
 }  // namespace dysample
 
@@ -121,65 +167,12 @@ std::string forward_isa(const std::string& choice) {
   return use_avx2() ? "avx2" : "portable";
 }
 
-// The normalized planar grid [B * G, 2, sH, sW] from the offset matmul off [B, H * W, M]
-// (with `gated`, [B, H * W, 2M]): M = 2 * G * s^2 columns in DySample's lp channel order
-// (x|y, group, i, j), with `gated` followed by as many gates (DySample+'s sigmoid of its scope).
-//   grid = base + (column + bias) (* gate) * norm
-// bias [M] or empty; base [sH, sW, 2]: the bilinear positions; norm [2]: (2 / W, 2 / H) times
-// the scope factor.
-at::Tensor make_grid(const at::Tensor& off, const at::Tensor& bias, const at::Tensor& base,
-                     const at::Tensor& norm, int64_t h, int64_t w, int64_t s, int64_t g,
-                     bool gated) {
-  const int64_t m = 2 * g * s * s, cols = gated ? 2 * m : m, oh = s * h, ow = s * w;
-  TORCH_CHECK(off.device().is_cpu() && off.dim() == 3 && off.is_contiguous() &&
-                  off.size(1) == h * w && off.size(2) == cols,
-              "dysample make_grid: expected a contiguous off [B, ", h * w, ", ", cols, "], got ",
-              off.sizes());
-  const auto dtype = off.scalar_type();
-  TORCH_CHECK(base.is_contiguous() && base.sizes() == at::IntArrayRef({oh, ow, 2}) &&
-                  norm.numel() == 2 && base.scalar_type() == dtype && norm.scalar_type() == dtype,
-              "dysample make_grid: base must be [", oh, ", ", ow, ", 2] and norm [2], of off's dtype");
-  const bool has_bias = bias.numel() > 0;
-  TORCH_CHECK(!has_bias || (bias.numel() == m && bias.is_contiguous() && bias.scalar_type() == dtype),
-              "dysample make_grid: bias must be empty or [", m, "] of off's dtype");
-  const int64_t batch = off.size(0);
-  at::Tensor grid = at::empty({batch * g, 2, oh, ow}, off.options());
-  AT_DISPATCH_FLOATING_TYPES(dtype, "dysample_make_grid", [&] {
-    const scalar_t* offp = off.data_ptr<scalar_t>();
-    const scalar_t* basep = base.data_ptr<scalar_t>();
-    const scalar_t* biasp = has_bias ? bias.data_ptr<scalar_t>() : nullptr;
-    const scalar_t norms[2] = {norm[0].item<scalar_t>(), norm[1].item<scalar_t>()};
-    scalar_t* gridp = grid.data_ptr<scalar_t>();
-    // one task = one input row of one (image, group, axis) plane: s output rows
-    at::parallel_for(0, batch * g * 2 * h, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t r = task % h, axis = (task / h) % 2, gi = (task / (2 * h)) % g;
-        const int64_t b = task / (2 * h * g), first_pixel = (b * h + r) * w;
-        scalar_t* dst = gridp + ((b * g + gi) * 2 + axis) * oh * ow;
-        for (int64_t i = 0; i < s; ++i) {
-          const int64_t y = r * s + i, first = ((axis * g + gi) * s + i) * s;
-          for (int64_t col = 0; col < w; ++col) {
-            const int64_t p = first_pixel + col;
-            for (int64_t j = 0; j < s; ++j) {
-              const int64_t k = first + j, o = y * ow + col * s + j;
-              scalar_t v = offp[p * cols + k];
-              if (biasp) v = v + biasp[k];
-              if (gated) v = v * offp[p * cols + m + k];
-              dst[o] = basep[o * 2 + axis] + v * norms[axis];
-            }
-          }
-        }
-      }
-    });
-  });
-  return grid;
-}
+namespace {
 
-// x [N, C, H, W], grid [N, 2, oH, oW] (normalized x, y planes) -> [N, C, oH, oW]
-at::Tensor sample_forward(const at::Tensor& x, const at::Tensor& grid) {
-  check_inputs(x, grid);
-  const int64_t n = x.size(0), oh = grid.size(2);
-  at::Tensor out = at::empty({n, x.size(1), oh, grid.size(3)}, x.options());
+template <typename scalar_t>
+void run_forward(const at::Tensor& x, const GridSource<scalar_t>& source, at::Tensor& out) {
+  const int64_t n = x.size(0), oh = out.size(2);
+  const Shape shape{x.size(1), x.size(2), x.size(3), oh, out.size(3)};
   // one task = a band of output rows of one image-group, all channels; bands only to give
   // every thread work when there are few image-groups
   const int64_t threads = at::get_num_threads();
@@ -187,29 +180,81 @@ at::Tensor sample_forward(const at::Tensor& x, const at::Tensor& grid) {
                                           std::max<int64_t>(1, oh / 8));
   const int64_t band_rows = (oh + bands - 1) / bands;
   const bool avx2 = use_avx2();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dysample_sample_forward", [&] {
-    const Shape shape{x.size(1), x.size(2), x.size(3), oh, grid.size(3)};
-    const scalar_t* xp = x.data_ptr<scalar_t>();
-    const scalar_t* gp = grid.data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, n * bands, 1, [&](int64_t begin, int64_t end) {
-      RowsWorkspace<scalar_t> workspace(shape);
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t b = task / bands, band = task % bands;
-        const int64_t y0 = band * band_rows, y1 = std::min(oh, y0 + band_rows);
-        const int64_t in_size = shape.c * shape.h * shape.w, out_size = shape.c * oh * shape.ow;
-        const scalar_t* g = gp + b * 2 * oh * shape.ow;
+  const scalar_t* xp = x.data_ptr<scalar_t>();
+  scalar_t* op = out.data_ptr<scalar_t>();
+  const int64_t in_size = shape.c * shape.h * shape.w, out_size = shape.c * oh * shape.ow;
+  at::parallel_for(0, n * bands, 1, [&](int64_t begin, int64_t end) {
+    RowsWorkspace<scalar_t> workspace(shape);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / bands, y0 = (task % bands) * band_rows;
+      const int64_t y1 = std::min(oh, y0 + band_rows);
 #ifdef DYSAMPLE_AVX2_DISPATCH
-        if (avx2) {
-          avx2::sample_rows(xp + b * in_size, g, op + b * out_size, shape, y0, y1, workspace);
-          continue;
-        }
-#endif
-        portable::sample_rows(xp + b * in_size, g, op + b * out_size, shape, y0, y1, workspace);
+      if (avx2) {
+        avx2::sample_rows(xp + b * in_size, source, b, op + b * out_size, shape, y0, y1, workspace);
+        continue;
       }
-    });
+#endif
+      portable::sample_rows(xp + b * in_size, source, b, op + b * out_size, shape, y0, y1, workspace);
+    }
+  });
+}
+
+}  // namespace
+
+// x [N, C, H, W], grid [N, 2, oH, oW] (normalized x, y planes) -> [N, C, oH, oW]
+at::Tensor sample_forward(const at::Tensor& x, const at::Tensor& grid) {
+  check_inputs(x, grid);
+  at::Tensor out = at::empty({x.size(0), x.size(1), grid.size(2), grid.size(3)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dysample_sample_forward", [&] {
+    GridSource<scalar_t> source;
+    source.grid = grid.data_ptr<scalar_t>();
+    run_forward<scalar_t>(x, source, out);
   });
   return out;
+}
+
+// DySample's forward from its offset matmul, the grid computed row by row (GridSource):
+// x [B * G, C / G, H, W], off [B, H * W, M (2M gated)], bias [M] or empty, base [sH, sW, 2],
+// norm [2]. Returns (out [B * G, C / G, sH, sW], the grid [B * G, 2, sH, sW] or, without
+// `save_grid`, an empty tensor).
+std::vector<at::Tensor> sample_forward_offsets(const at::Tensor& x, const at::Tensor& off,
+                                               const at::Tensor& bias, const at::Tensor& base,
+                                               const at::Tensor& norm, int64_t s, int64_t g,
+                                               bool gated, bool save_grid) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.is_contiguous() && g > 0 && s > 0 &&
+                  x.size(0) % g == 0,
+              "dysample sampling: expected a contiguous x [B * G, C / G, H, W] (G = ", g,
+              "), got ", x.sizes());
+  const int64_t h = x.size(2), w = x.size(3), m = 2 * g * s * s, oh = s * h, ow = s * w;
+  const int64_t cols = gated ? 2 * m : m;
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(off.device().is_cpu() && off.is_contiguous() && off.scalar_type() == dtype &&
+                  off.sizes() == at::IntArrayRef({x.size(0) / g, h * w, cols}),
+              "dysample sampling: expected a contiguous off [", x.size(0) / g, ", ", h * w, ", ",
+              cols, "] of x's dtype, got ", off.sizes());
+  TORCH_CHECK(base.is_contiguous() && base.sizes() == at::IntArrayRef({oh, ow, 2}) &&
+                  norm.numel() == 2 && base.scalar_type() == dtype && norm.scalar_type() == dtype,
+              "dysample sampling: base must be [", oh, ", ", ow, ", 2] and norm [2], of x's dtype");
+  TORCH_CHECK(bias.numel() == 0 ||
+                  (bias.numel() == m && bias.is_contiguous() && bias.scalar_type() == dtype),
+              "dysample sampling: bias must be empty or [", m, "] of x's dtype");
+  at::Tensor out = at::empty({x.size(0), x.size(1), oh, ow}, x.options());
+  at::Tensor grid = save_grid ? at::empty({x.size(0), 2, oh, ow}, x.options()) : at::empty({0}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(dtype, "dysample_sample_forward_offsets", [&] {
+    GridSource<scalar_t> source;
+    source.off = off.data_ptr<scalar_t>();
+    source.bias = bias.numel() ? bias.data_ptr<scalar_t>() : nullptr;
+    source.base = base.data_ptr<scalar_t>();
+    source.norm[0] = norm[0].item<scalar_t>();
+    source.norm[1] = norm[1].item<scalar_t>();
+    source.scale = s;
+    source.groups = g;
+    source.cols = cols;
+    source.gated = gated;
+    source.save = save_grid ? grid.data_ptr<scalar_t>() : nullptr;
+    run_forward<scalar_t>(x, source, out);
+  });
+  return {out, grid};
 }
 
 }  // namespace dysample

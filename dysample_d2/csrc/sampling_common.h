@@ -69,10 +69,11 @@ inline void check_inputs(const at::Tensor& x, const at::Tensor& grid) {
 }
 
 // Forward pass, sample_forward_cpu.cpp; backward, sample_backward_cpu.cpp.
-at::Tensor make_grid(const at::Tensor& off, const at::Tensor& bias, const at::Tensor& base,
-                     const at::Tensor& norm, int64_t h, int64_t w, int64_t s, int64_t g,
-                     bool gated);
 at::Tensor sample_forward(const at::Tensor& x, const at::Tensor& grid);
+std::vector<at::Tensor> sample_forward_offsets(const at::Tensor& x, const at::Tensor& off,
+                                               const at::Tensor& bias, const at::Tensor& base,
+                                               const at::Tensor& norm, int64_t s, int64_t g,
+                                               bool gated, bool save_grid);
 // The forward's code path: "avx2" or "portable"; choice "portable" or "auto" sets it, "" asks.
 std::string forward_isa(const std::string& choice);
 std::vector<at::Tensor> sample_backward(const at::Tensor& grad_out, const at::Tensor& x,

@@ -197,7 +197,11 @@ class DySample(nn.Module):
         factor = 0.5 if self.dyscope else 0.25  # the scope factor, folded into the normalizer
         norm = torch.tensor((factor * 2.0 / w, factor * 2.0 / h), dtype=grid_dtype)
         weight, bias = self._offset_matrix()
-        return FusedDySample.apply(x, weight, bias, base, norm, s, self.groups, self.dyscope)
+        # the sampling grid is kept for a backward only
+        keep_grid = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+        return FusedDySample.apply(
+            x, weight, bias, base, norm, s, self.groups, self.dyscope, keep_grid
+        )
 
     def _offset_matrix(self):
         """

@@ -81,13 +81,15 @@ class FusedDySample(torch.autograd.Function):
         base (Tensor[sH, sW, 2]): bilinear base grid, normalized, in the grid dtype.
         norm (Tensor[2]): (2/W, 2/H) times the scope factor (0.25 static, 0.5 dynamic).
         scale, groups (int), dyscope (bool): as DySample's.
+        keep_grid (bool): keep the sampling grid for a backward (False: inference, the
+            compiled kernel then never writes it out).
 
     Returns:
         Tensor[B, C, sH, sW] in x's dtype.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, base, norm, scale, groups, dyscope):
+    def forward(ctx, x, weight, bias, base, norm, scale, groups, dyscope, keep_grid=True):
         b, c, h, w = x.shape
         s, g = scale, groups
         m = 2 * g * s * s
@@ -104,11 +106,11 @@ class FusedDySample(torch.autograd.Function):
                 off[..., m:].add_(bias[m:].to(gdt))
             off[..., m:].sigmoid_()
         kernel = native.load() if NATIVE else None
-        if kernel is not None:
+        if kernel is not None:  # the grid computed row by row, kept only for a backward
             no_bias = torch.empty(0, dtype=gdt)
-            grid = kernel.make_grid(off, no_bias if raw_bias is None else raw_bias, base, norm,
-                                    h, w, s, g, dyscope)
-            out = kernel.sample_forward(xs, grid)
+            out, grid = kernel.sample_forward_offsets(
+                xs, off, no_bias if raw_bias is None else raw_bias, base, norm, s, g, dyscope,
+                keep_grid)
         else:
             grid = _make_grid(off, raw_bias, base, norm, h, w, s, g, dyscope)
             # bilinear, border, align_corners=False
@@ -156,7 +158,7 @@ class FusedDySample(torch.autograd.Function):
             grad_x = grad_xs.view(b, c, h * w)
             grad_x.baddbmm_(weight.to(gdt).t().expand(b, c, weight.shape[0]), grad_off)
             grad_x = grad_x.view(b, c, h, w).to(in_dtype)
-        return grad_x, grad_w, grad_b, None, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None
 
 
 def _make_grid(off, raw_bias, base, norm, h, w, s, g, gated):
