@@ -132,31 +132,34 @@ class FusedDySample(torch.autograd.Function):
         else:
             grad_xs, grad_grid = _grid_sample_backward(grad_out, xs, grid, need_x, h, w, s)
         # d(grid)/d(offset rows) = norm, laid out as the rows of W x: [B, M, H*W]
-        grad_raw = torch.empty((b, 2, g, s, s, h, w), dtype=gdt, device=xs.device)
+        # d(grid)/d(offset columns) = norm, laid out as the matmul output: [B, H*W, M]
+        grad_raw = torch.empty((b, h, w, 2, g, s, s), dtype=gdt, device=xs.device)
         torch.mul(
-            grad_grid.view(b, g, 2, h, s, w, s).permute(0, 2, 1, 4, 6, 3, 5),
-            norm.view(1, 2, 1, 1, 1, 1, 1),
+            grad_grid.view(b, g, 2, h, s, w, s).permute(0, 3, 5, 2, 1, 4, 6),
+            norm.view(1, 1, 1, 2, 1, 1, 1),
             out=grad_raw,
         )
-        grad_raw = grad_raw.view(b, m, h * w)
+        grad_raw = grad_raw.view(b, h * w, m)
         grad_off = grad_raw
         if off is not None:  # offsets = raw * gate, off = [raw | gate]
             raw = off[..., :m] if raw_bias is None else off[..., :m] + raw_bias
-            raw, gate = raw.transpose(1, 2), off[..., m:].transpose(1, 2)  # as [B, M, H*W]
-            grad_off = torch.empty((b, 2 * m, h * w), dtype=gdt, device=xs.device)
-            torch.mul(grad_raw, gate, out=grad_off[:, :m])
-            grad_scope = grad_off[:, m:]
+            gate = off[..., m:]
+            grad_off = torch.empty((b, h * w, 2 * m), dtype=gdt, device=xs.device)
+            torch.mul(grad_raw, gate, out=grad_off[..., :m])
+            grad_scope = grad_off[..., m:]
             torch.mul(grad_raw, raw, out=grad_scope)
             torch.ops.aten.sigmoid_backward.grad_input(grad_scope, gate, grad_input=grad_scope)
         xv = xs.view(b, c, h * w)
         grad_x = grad_w = grad_b = None
-        if need_w:
-            grad_w = torch.matmul(grad_off, xv.transpose(1, 2)).sum(0).to(weight.dtype)
+        if need_w:  # [B, M', C] summed over the batch
+            grad_w = torch.matmul(grad_off.transpose(1, 2), xv.transpose(1, 2)).sum(0)
+            grad_w = grad_w.to(weight.dtype)
         if need_b:
-            grad_b = grad_off[:, :bias.numel()].sum((0, 2)).to(bias.dtype)
+            grad_b = grad_off[..., :bias.numel()].sum((0, 1)).to(bias.dtype)
         if need_x:
             grad_x = grad_xs.view(b, c, h * w)
-            grad_x.baddbmm_(weight.to(gdt).t().expand(b, c, weight.shape[0]), grad_off)
+            grad_x.baddbmm_(weight.to(gdt).t().expand(b, c, weight.shape[0]),
+                            grad_off.transpose(1, 2))
             grad_x = grad_x.view(b, c, h, w).to(in_dtype)
         return grad_x, grad_w, grad_b, None, None, None, None, None, None
 
