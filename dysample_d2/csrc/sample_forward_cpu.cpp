@@ -7,6 +7,9 @@
 // output rows read neighbouring input rows in order. Rows whose pixels spread over more input
 // rows than the copies hold (offsets of many pixels) are sampled straight from x.
 //
+// DySample calls sample_forward_offsets: the grid rows are computed from its offset matmul as
+// they are needed (GridSource) and written out only for a backward.
+//
 // x86-64 with GCC: an AVX2 build of the same code is chosen at run time where the CPU has it.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
