@@ -14,8 +14,9 @@ and its backward scatters the input gradient one scalar per channel.
   unshuffled channels, so the same matmul serves both styles; DySample+'s scope columns are
   turned into their sigmoid gates in place;
 * grid: the normalized planar grid ``[B*G, 2, sH, sW]`` straight from the matmul output
-  (pixel_shuffle, bias, gate, scope factor and normalization folded in): the kernel's
-  ``make_grid``, or one ``addcmul`` (`_make_grid`);
+  (pixel_shuffle, bias, gate, scope factor and normalization folded in): computed row by row
+  inside the kernel's forward (``sample_forward_offsets``, written out only for a backward),
+  or one ``addcmul`` (`_make_grid`);
 * sampling, forward and backward: the compiled kernel ``csrc/`` (native.py; grid_sample's
   arithmetic). The forward blends each pixel's four corners for all channels at once from
   channels-last copies of the input rows it reads (SIMD over channels, AVX2 where the CPU has
@@ -117,13 +118,14 @@ class FusedDySample(torch.autograd.Function):
             out = torch.grid_sampler_2d(xs, grid.permute(0, 2, 3, 1), 0, 1, False)
         ctx.kernel = kernel
         ctx.save_for_backward(xs, grid, weight, off if dyscope else None, raw_bias)
-        ctx.config = (b, c, h, w, s, g, m, x.dtype, norm, bias)
+        bias_rows = (0, None) if bias is None else (bias.numel(), bias.dtype)
+        ctx.config = (b, c, h, w, s, g, m, x.dtype, norm, bias_rows)
         return out.view(b, c, s * h, s * w).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         xs, grid, weight, off, raw_bias = ctx.saved_tensors
-        b, c, h, w, s, g, m, in_dtype, norm, bias = ctx.config
+        b, c, h, w, s, g, m, in_dtype, norm, (bias_numel, bias_dtype) = ctx.config
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         gdt = xs.dtype
         grad_out = grad_out.to(gdt).contiguous().view(b * g, c // g, s * h, s * w)
@@ -131,7 +133,6 @@ class FusedDySample(torch.autograd.Function):
             grad_xs, grad_grid = ctx.kernel.sample_backward(grad_out, xs, grid, need_x)
         else:
             grad_xs, grad_grid = _grid_sample_backward(grad_out, xs, grid, need_x, h, w, s)
-        # d(grid)/d(offset rows) = norm, laid out as the rows of W x: [B, M, H*W]
         # d(grid)/d(offset columns) = norm, laid out as the matmul output: [B, H*W, M]
         grad_raw = torch.empty((b, h, w, 2, g, s, s), dtype=gdt, device=xs.device)
         torch.mul(
@@ -155,7 +156,7 @@ class FusedDySample(torch.autograd.Function):
             grad_w = torch.matmul(grad_off.transpose(1, 2), xv.transpose(1, 2)).sum(0)
             grad_w = grad_w.to(weight.dtype)
         if need_b:
-            grad_b = grad_off[..., :bias.numel()].sum((0, 1)).to(bias.dtype)
+            grad_b = grad_off[..., :bias_numel].sum((0, 1)).to(bias_dtype)
         if need_x:
             grad_x = grad_xs.view(b, c, h * w)
             grad_x.baddbmm_(weight.to(gdt).t().expand(b, c, weight.shape[0]),
