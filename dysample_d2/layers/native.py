@@ -16,7 +16,7 @@ import threading
 __all__ = ["load", "status"]
 
 CSRC = os.path.join(os.path.dirname(os.path.dirname(__file__)), "csrc")
-SOURCES = [os.path.join(CSRC, name) for name in ("sample_forward_cpu.cpp", "sample_backward_cpu.cpp")]
+SOURCES = [os.path.join(CSRC, f"sample_{part}_cpu.cpp") for part in ("forward", "backward")]
 logger = logging.getLogger(__name__)
 _lock = threading.Lock()
 _state = {"tried": False, "module": None, "reason": None}
@@ -81,5 +81,6 @@ def status() -> str:
     """One line: whether DySample's CPU sampling uses the compiled kernel."""
     module = load()
     if module is not None:
-        return f"compiled CPU sampling kernel: loaded, {module.forward_isa()} forward ({module.__file__})"
+        isa = module.forward_isa()
+        return f"compiled CPU sampling kernel: loaded, {isa} forward ({module.__file__})"
     return f"compiled CPU sampling kernel: not used, {_state['reason']}"

@@ -166,7 +166,10 @@ class FusedDySample(torch.autograd.Function):
 
 
 def _make_grid(off, raw_bias, base, norm, h, w, s, g, gated):
-    """The kernel's row-by-row grid in PyTorch ops: planar grid [B*G, 2, sH, sW] from off [B, H*W, M']."""
+    """
+    The kernel's row-by-row grid in PyTorch ops: planar grid [B*G, 2, sH, sW] from the offset
+    matmul off [B, H*W, M'].
+    """
     b, m = off.shape[0], 2 * g * s * s
     offsets = off[..., :m]
     if raw_bias is not None:
