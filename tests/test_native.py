@@ -112,7 +112,7 @@ def test_forward_code_paths_agree_bitwise(compiled, channels, w):
 
 def test_rows_spread_over_many_input_rows(kernel):
     """Offsets of many pixels: output rows that read more input rows than the channels-last
-    copies hold are sampled straight from x; rows next to them through the copies."""
+    copies hold make them grow (dropping the rows held); rows next to them reuse them."""
     h, w = 60, 9
     grid = dysample_like_grid(2, h, w, 2, 0.3, torch.float64)
     wild = dysample_like_grid(2, h, w, 2, 40.0, torch.float64, seed=1)

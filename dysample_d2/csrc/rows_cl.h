@@ -75,11 +75,7 @@ void sample_rows(const scalar_t* x, const GridSource<scalar_t>& source, int64_t 
       r_min = std::min(r_min, ws.pixels[o].r0);
       r_max = std::max(r_max, ws.pixels[o].r1);
     }
-    scalar_t* dst = out + y * s.ow;
-    if (r_max - r_min >= ws.slots) {  // more input rows than the copies hold
-      sample_row_direct(x, ws.pixels.data(), dst, s);
-      continue;
-    }
+    if (r_max - r_min >= ws.slots) ws.hold(r_max - r_min + 1, s);
     for (int64_t r = r_min; r <= r_max; ++r) {
       const int64_t slot = r % ws.slots;
       if (ws.tag[slot] != r) {
@@ -97,7 +93,7 @@ void sample_rows(const scalar_t* x, const GridSource<scalar_t>& source, int64_t 
             blended + o * s.c, s.c);
     }
     // channel by channel, each written along its output row
-    transpose(blended, s.c, dst, out_plane, s.ow, s.c, false);
+    transpose(blended, s.c, out + y * s.ow, out_plane, s.ow, s.c, false);
   }
 }
 

@@ -4,8 +4,8 @@
 // A pixel's four corners are read for all channels at once from channels-last copies of the
 // input rows it needs (rows_cl.h), so the interpolation runs in SIMD over channels instead of
 // gathering one scalar per channel; each input row is copied about once, since DySample's
-// output rows read neighbouring input rows in order. Rows whose pixels spread over more input
-// rows than the copies hold (offsets of many pixels) are sampled straight from x.
+// output rows read neighbouring input rows in order. Offsets of many pixels make an output row
+// read more input rows; the copies then grow to hold them (up to the whole image).
 //
 // DySample calls sample_forward_offsets: the grid rows are computed from its offset matmul as
 // they are needed (GridSource) and written out only for a backward.
@@ -48,7 +48,8 @@ inline Pixel<scalar_t> pixel(const Corners<scalar_t>& k) {
 }
 
 // Per-thread buffers: channels-last copies of input rows (slot r % slots holds row r, [W, C]),
-// the pixels of one output row, its grid, and the row blended, channels-last ([oW, C]).
+// the pixels of one output row, its grid, and the row blended, channels-last ([oW, C]). The
+// copies start at about 64 KB; an output row that reads more rows makes them hold that many.
 template <typename scalar_t>
 struct RowsWorkspace {
   explicit RowsWorkspace(const Shape& s)
@@ -64,26 +65,14 @@ struct RowsWorkspace {
   std::vector<Pixel<scalar_t>> pixels;
   std::vector<scalar_t> grid_row;  // x, y of one output row when computed from the offsets
   std::unique_ptr<scalar_t[]> blended;
-};
 
-// One output row sampled straight from x [C, H, W] (rows whose pixels are spread too far),
-// four channels per pass over the pixels.
-template <typename scalar_t>
-void sample_row_direct(const scalar_t* x, const Pixel<scalar_t>* pixels, scalar_t* dst, const Shape& s) {
-  const int64_t plane = s.h * s.w, out_plane = s.oh * s.ow;
-  for (int64_t ch0 = 0; ch0 < s.c; ch0 += 4) {
-    const int64_t ch1 = std::min(s.c, ch0 + 4);
-    for (int64_t o = 0; o < s.ow; ++o) {
-      const Pixel<scalar_t>& p = pixels[o];
-      for (int64_t ch = ch0; ch < ch1; ++ch) {
-        const scalar_t* top = x + ch * plane + p.r0 * s.w;
-        const scalar_t* bottom = x + ch * plane + p.r1 * s.w;
-        dst[ch * out_plane + o] =
-            top[p.c0] * p.w00 + top[p.c1] * p.w01 + bottom[p.c0] * p.w10 + bottom[p.c1] * p.w11;
-      }
-    }
+  // Holds at least `rows` input rows (at most the image's); the rows held are dropped.
+  void hold(int64_t rows_needed, const Shape& s) {
+    slots = std::min(s.h, std::max(rows_needed, 2 * slots));
+    rows.reset(new scalar_t[slots * s.w * s.c]);
+    tag.assign(slots, -1);
   }
-}
+};
 
 // Where the grid rows come from: a planar grid [N, 2, oH, oW], or DySample's offset matmul
 // off [B, H * W, M (2M with gates)], M = 2 * G * s^2 columns in the lp channel order (x|y,
