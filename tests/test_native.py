@@ -17,9 +17,9 @@ def compiled():
 @pytest.fixture(params=["auto", "portable"])
 def kernel(compiled, request):
     """The kernel with its forward on this CPU's best code path (AVX2 here) and on the portable one."""
-    compiled.forward_isa(request.param)
+    compiled.kernel_isa(request.param)
     yield compiled
-    compiled.forward_isa("auto")
+    compiled.kernel_isa("auto")
 
 
 def dysample_like_grid(n, h, w, scale, offset_px, dtype, seed=0):
@@ -98,16 +98,26 @@ def test_channel_chunks_when_fewer_images_than_threads(kernel):
 
 
 @pytest.mark.parametrize("channels, w", [(67, 21), (8, 8), (3, 5)])
-def test_forward_code_paths_agree_bitwise(compiled, channels, w):
-    """AVX2 (8 x 8 transposes, 8-wide blends) and portable: the same sums, the same bits."""
+def test_code_paths_agree_bitwise(compiled, channels, w):
+    """AVX2 (8 x 8 transposes, 8-wide blends and sums) and portable: the same sums in the same
+    order, the same bits, forward and backward (channels around the 8 lanes)."""
     grid = dysample_like_grid(3, 13, w, 2, 0.6, torch.float32)
     x = torch.randn(3, channels, 13, w)
+    grad = torch.randn(3, channels, 26, 2 * w)
+    results = {}
     try:
-        outs = {isa: compiled.sample_forward(x, grid) for isa in ("portable", "auto")}
+        for isa in ("portable", "auto"):
+            compiled.kernel_isa(isa)
+            results[isa] = [compiled.sample_forward(x, grid),
+                            *compiled.sample_backward(grad, x, grid, True)]
     finally:
-        compiled.forward_isa("auto")
-    assert torch.equal(outs["portable"], outs["auto"])
-    torch.testing.assert_close(outs["auto"], aten_reference(x, grid, outs["auto"])[0])
+        compiled.kernel_isa("auto")
+    for portable, auto in zip(results["portable"], results["auto"]):
+        assert torch.equal(portable, auto)
+    out, gx, gg = aten_reference(x, grid, grad)
+    torch.testing.assert_close(results["auto"][0], out)
+    torch.testing.assert_close(results["auto"][1], gx, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(results["auto"][2], gg, rtol=1e-4, atol=1e-3)
 
 
 def test_rows_spread_over_many_input_rows(kernel):
@@ -171,7 +181,7 @@ def test_bad_arguments_are_refused(kernel):
     with pytest.raises(RuntimeError, match=r"expected a contiguous x \[B \* G, C / G, H, W\]"):
         forward(xs[:7], off, no_bias, base, norm, 2, 4, False, True)
     with pytest.raises(RuntimeError, match="choice must be 'auto' or 'portable', got 'sse9'"):
-        kernel.forward_isa("sse9")
+        kernel.kernel_isa("sse9")
 
 
 def run_module(x, grad):

@@ -31,22 +31,6 @@
 
 namespace dysample {
 
-struct Shape {
-  int64_t c, h, w, oh, ow;  // channels, input and output height and width
-};
-
-// One output pixel's corners (input rows and columns) and weights.
-template <typename scalar_t>
-struct Pixel {
-  int64_t r0, r1, c0, c1;
-  scalar_t w00, w01, w10, w11;
-};
-
-template <typename scalar_t>
-inline Pixel<scalar_t> pixel(const Corners<scalar_t>& k) {
-  return {k.r0, k.r1, k.c0, k.c1, k.ex * k.ey, k.fx * k.ey, k.ex * k.fy, k.fx * k.fy};
-}
-
 // Per-thread buffers: channels-last copies of input rows (slot r % slots holds row r, [W, C]),
 // the pixels of one output row, its grid, and the row blended, channels-last ([oW, C]). The
 // copies start at about 64 KB; an output row that reads more rows makes them hold that many.
@@ -62,7 +46,7 @@ struct RowsWorkspace {
   int64_t slots;
   std::unique_ptr<scalar_t[]> rows;
   std::vector<int64_t> tag;  // input row held by each slot, -1: none
-  std::vector<Pixel<scalar_t>> pixels;
+  std::vector<Corners<scalar_t>> pixels;
   std::vector<scalar_t> grid_row;  // x, y of one output row when computed from the offsets
   std::unique_ptr<scalar_t[]> blended;
 
@@ -121,6 +105,7 @@ struct GridSource {
 }  // namespace dysample
 
 #define DYSAMPLE_ISA portable
+#include "transpose_cl.h"
 #include "rows_cl.h"
 #undef DYSAMPLE_ISA
 
@@ -129,6 +114,7 @@ struct GridSource {
 #pragma GCC target("avx2")
 #define DYSAMPLE_ISA avx2
 #define DYSAMPLE_ISA_AVX2 1
+#include "transpose_cl.h"
 #include "rows_cl.h"
 #undef DYSAMPLE_ISA_AVX2
 #undef DYSAMPLE_ISA
@@ -138,8 +124,8 @@ struct GridSource {
 namespace dysample {
 
 namespace {
-
 std::atomic<bool> portable_only{false};
+}  // namespace
 
 bool use_avx2() {
 #ifdef DYSAMPLE_AVX2_DISPATCH
@@ -150,11 +136,9 @@ bool use_avx2() {
 #endif
 }
 
-}  // namespace
-
-std::string forward_isa(const std::string& choice) {
+std::string kernel_isa(const std::string& choice) {
   TORCH_CHECK(choice == "" || choice == "auto" || choice == "portable",
-              "dysample forward_isa: choice must be 'auto' or 'portable', got '", choice, "'");
+              "dysample kernel_isa: choice must be 'auto' or 'portable', got '", choice, "'");
   if (!choice.empty()) portable_only = choice == "portable";
   return use_avx2() ? "avx2" : "portable";
 }

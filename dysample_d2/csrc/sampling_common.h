@@ -33,13 +33,18 @@ inline scalar_t source_index(scalar_t coord, int64_t size, scalar_t* mult) {
   return pos;
 }
 
+struct Shape {
+  int64_t c, h, w, oh, ow;  // channels, input and output height and width
+};
+
 // One output pixel: corner rows r0 <= r1 and columns c0 <= c1 (r1 = r0 + 1 or, on the last
-// row, r0), 1 - frac and frac in x and y, and d(pixel coordinate)/d(normalized grid), 0 where
-// the coordinate was clipped.
+// row, r0), 1 - frac and frac in x and y, d(pixel coordinate)/d(normalized grid) (0 where the
+// coordinate was clipped) and the corners' bilinear weights.
 template <typename scalar_t>
 struct Corners {
   int64_t r0, r1, c0, c1;
   scalar_t ex, fx, ey, fy, mx, my;
+  scalar_t w00, w01, w10, w11;
 };
 
 template <typename scalar_t>
@@ -56,6 +61,10 @@ inline Corners<scalar_t> locate(scalar_t gx, scalar_t gy, int64_t h, int64_t w) 
   k.r0 = static_cast<int64_t>(y0);
   k.c1 = k.c0 + 1 < w ? k.c0 + 1 : k.c0;
   k.r1 = k.r0 + 1 < h ? k.r0 + 1 : k.r0;
+  k.w00 = k.ex * k.ey;
+  k.w01 = k.fx * k.ey;
+  k.w10 = k.ex * k.fy;
+  k.w11 = k.fx * k.fy;
   return k;
 }
 
@@ -74,8 +83,9 @@ std::vector<at::Tensor> sample_forward_offsets(const at::Tensor& x, const at::Te
                                                const at::Tensor& bias, const at::Tensor& base,
                                                const at::Tensor& norm, int64_t s, int64_t g,
                                                bool gated, bool save_grid);
-// The forward's code path: "avx2" or "portable"; choice "portable" or "auto" sets it, "" asks.
-std::string forward_isa(const std::string& choice);
+// The kernels' code path: "avx2" or "portable"; choice "portable" or "auto" sets it, "" asks.
+std::string kernel_isa(const std::string& choice);
+bool use_avx2();  // whether the kernels run their AVX2 build
 std::vector<at::Tensor> sample_backward(const at::Tensor& grad_out, const at::Tensor& x,
                                         const at::Tensor& grid, bool need_input_grad);
 

@@ -81,6 +81,6 @@ def status() -> str:
     """One line: whether DySample's CPU sampling uses the compiled kernel."""
     module = load()
     if module is not None:
-        isa = module.forward_isa()
-        return f"compiled CPU sampling kernel: loaded, {isa} forward ({module.__file__})"
+        isa = module.kernel_isa()
+        return f"compiled CPU sampling kernel: loaded, {isa} ({module.__file__})"
     return f"compiled CPU sampling kernel: not used, {_state['reason']}"
