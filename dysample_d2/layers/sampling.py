@@ -20,8 +20,9 @@ and its backward scatters the input gradient one scalar per channel.
 * sampling, forward and backward: the compiled kernel ``csrc/`` (native.py; grid_sample's
   arithmetic). The forward blends each pixel's four corners for all channels at once from
   channels-last copies of the input rows it reads (SIMD over channels, AVX2 where the CPU has
-  it) and writes each output channel along its row; the backward writes the input gradient
-  plane by plane without atomics, with the grid gradient in the same pass. Where it cannot be
+  it) and writes each output channel along its row; the backward holds the same rows and
+  their gradient rows channels-last, adds each pixel's gradient to its four corners and sums
+  its grid gradient over channels in the same SIMD pass, without atomics. Where it cannot be
   built (``NATIVE`` False, or no compiler): ``grid_sampler_2d`` forward and, backward, its grid
   gradient with the input gradient as a sparse matmul over DySample's fixed neighbourhoods
   (input_grad.py; grid_sample's scatter where MKL's sparse BLAS is missing or offsets are
