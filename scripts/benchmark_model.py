@@ -10,8 +10,14 @@ is ResNet-50 + FPN alone (forward of one image; training: forward + backward of 
 the mean of every output level as loss). The three upsamplers of an architecture are
 interleaved and rotated every repeat. Writes DIR/results.md and DIR/results.json.
 
+DySample's offsets, and with them where its sampling reads, scale with the features: random
+FrozenBN weights let ResNet-50's activations grow to about 1e3 and the offsets to about 10 px;
+--calibrate-bn normalizes the activations (offsets near 0, DySample at its initialization). A
+trained model lies in between; the table reports the offsets measured.
+
     python scripts/benchmark_model.py --out benchmark_results/model           # 800x1333
     python scripts/benchmark_model.py --quick --out /tmp/model                # smoke run
+    python scripts/benchmark_model.py --archs backbone --calibrate-bn --out /tmp/model_bn
 """
 import argparse
 import json
@@ -133,6 +139,49 @@ def model_flops(model, image, backbone_only=False):
     return analysis.total(), sorted(analysis.unsupported_ops())
 
 
+def calibrate_frozen_bn(model, images):
+    """
+    Sets every FrozenBatchNorm2d's statistics to those of its input on `images`, layer after
+    layer in one forward pass, so that activations have the scale of a trained network's (the
+    identity statistics of random weights let them grow to about 1e3 through ResNet-50).
+    """
+    from detectron2.layers import FrozenBatchNorm2d
+
+    def set_statistics(module, inputs):
+        module.running_mean.copy_(inputs[0].mean((0, 2, 3)))
+        module.running_var.copy_(inputs[0].var((0, 2, 3)))
+
+    layers = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    if not layers:
+        raise ValueError("--calibrate-bn: the model has no FrozenBatchNorm2d layer")
+    handles = [m.register_forward_pre_hook(set_statistics) for m in layers]
+    try:
+        with torch.no_grad():
+            model.backbone(normalized(model, images))
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def dysample_offsets_px(model, image):
+    """Mean and max |offset| (input pixels) of the FPN's DySample modules on one image."""
+    from dysample_d2 import DySample
+
+    found = []
+    hooks = [m.register_forward_hook(lambda m, i, o: found.append(m.offsets(i[0]).abs()))
+             for m in model.backbone.modules() if isinstance(m, DySample)]
+    try:
+        with torch.no_grad():
+            model.backbone(normalized(model, [image]))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if not found:
+        return None
+    return (sum(f.sum().item() for f in found) / sum(f.numel() for f in found),
+            max(f.max().item() for f in found))
+
+
 def normalized(model, images):
     """The padded, normalized batch tensor the backbone of `model` sees."""
     from detectron2.structures import ImageList
@@ -144,17 +193,20 @@ def normalized(model, images):
 def measure_arch(arch, args, device):
     height, width = args.size
     models = [build(config, device, args.norm, args.quick) for config in CONFIGS[arch]]
+    batch = synthetic_batch(models[0][1], 2, height, width, device)
+    if args.calibrate_bn:  # the backbone is the same in all three: calibrated once, shared
+        calibrate_frozen_bn(models[0][0], [batch[0]["image"]])
     # same random weights everywhere but in the upsamplers: same backbone, heads, proposals
     shared = models[0][0].state_dict()
     for model, _ in models[1:]:
         model.load_state_dict(shared, strict=False)
-    batch = synthetic_batch(models[0][1], 2, height, width, device)
     rows = []
     for name, (model, _) in zip(UPSAMPLERS, models):
         row = dict(arch=arch, upsampler=name, device=device,
                    params=sum(p.numel() for p in (model.backbone if arch == "backbone"
                                                   else model).parameters()),
                    infer=[], train=[])
+        row["offset_px"] = dysample_offsets_px(model, batch[0]["image"])
         if args.flops:
             row["flops"], row["flops_skipped"] = model_flops(model, batch[0]["image"],
                                                              backbone_only=arch == "backbone")
@@ -244,6 +296,12 @@ def _upsampling(row):
             f"{100 * row['train_upsampling_share']:+.2f} %")
 
 
+def _offsets(row):
+    if row["offset_px"] is None:
+        return "-"
+    return f"{row['offset_px'][0]:.3g} / {row['offset_px'][1]:.3g}"
+
+
 def write_markdown(path, rows, info, args):
     h, w = args.size
     lines = [
@@ -251,7 +309,10 @@ def write_markdown(path, rows, info, args):
         f"Command: `{info['command']}`", "",
         f"Machine: {info['machine']}; 1-minute load average {info['load_start']} at the start, "
         f"{info['load_end']} at the end (other jobs share the machine).", "",
-        f"Random weights{', norm ' + args.norm if args.norm else ''}; inference: one {h}x{w} "
+        f"Random weights{', norm ' + args.norm if args.norm else ''}"
+        + (", FrozenBN statistics calibrated on one image (--calibrate-bn)"
+           if args.calibrate_bn else "")
+        + f"; inference: one {h}x{w} "
         f"image (latency per image); training: one iteration of batch 2 {h}x{w} with synthetic "
         "targets, forward + backward (no optimizer step), peak = memory allocated during it "
         f"(torch.profiler on CPU, max_memory_allocated on CUDA); median of {args.repeats} "
@@ -265,12 +326,15 @@ def write_markdown(path, rows, info, args):
         "upsampling ops, mean of 3 more inferences and 3 more training iterations (nearest: "
         "upsample_nearest2d and its backward; DySample: its autograd Function and backward, "
         "matmuls and grid included); added: that time minus the nearest model's, as a share "
-        "of the nearest model's median latency.", "",
+        "of the nearest model's median latency. Offsets: mean / max |offset| in input pixels "
+        "of the FPN's DySample modules on one image (what the sampling reads depends on "
+        "them).", "",
         "| device | model | FPN upsampler | params (M) | GFLOPs | inference ms/img "
         "| train ms/iter | train peak MB | params / nearest | GFLOPs / nearest "
         "| inference / nearest | train / nearest | peak / nearest "
-        "| upsampling ms: inference / train | upsampling added: inference / train |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| upsampling ms: inference / train | upsampling added: inference / train "
+        "| offsets px: mean / max |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         flops = f"{r['flops'] / 1e9:.1f}" if "flops" in r else "-"
@@ -280,7 +344,7 @@ def write_markdown(path, rows, info, args):
             f"| {flops} | {_spread(r, 'infer')} | {_spread(r, 'train')} | {r['train_peak_mb']:.0f} "
             f"| {r['params_vs_nearest']:.4f} | {flops_ratio} | {r['infer_ms_vs_nearest']:.3f} "
             f"| {r['train_ms_vs_nearest']:.3f} | {r['train_peak_mb_vs_nearest']:.3f} "
-            f"| {_upsampling(r)} |"
+            f"| {_upsampling(r)} | {_offsets(r)} |"
         )
     skipped = sorted({op for r in rows for op in r.get("flops_skipped", [])})
     if args.flops:
@@ -299,6 +363,10 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 1)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
     p.add_argument("--norm", default="", help='e.g. "GN" for RESNETS.NORM and FPN.NORM')
+    p.add_argument("--calibrate-bn", action="store_true",
+                   help="set the FrozenBN statistics from one image first: unit-scale "
+                   "activations, so DySample's offsets are those of its initialization (about "
+                   "0.01 px) instead of random weights' (about 10 px)")
     p.add_argument("--no-flops", dest="flops", action="store_false", help="skip FLOP counting")
     p.add_argument("--out", default="benchmark_results/model", help="output directory")
     p.add_argument("--quick", action="store_true",
@@ -309,6 +377,8 @@ def parse_args(argv=None):
     args.repeats = args.repeats or (1 if args.quick else 5)
     if args.warmup is None:
         args.warmup = 0 if args.quick else 1
+    if args.calibrate_bn and args.norm:
+        p.error(f"--calibrate-bn calibrates FrozenBN statistics; --norm {args.norm} has none")
     args.archs = [a for a in args.archs.split(",") if a]
     unknown = set(args.archs) - set(CONFIGS)
     if unknown:

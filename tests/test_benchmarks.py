@@ -59,9 +59,11 @@ def test_benchmark_upsamplers_only_given_shapes(tmp_path):
     assert not (tmp_path / "none").exists()
 
 
-@pytest.mark.parametrize("arch", ["faster_rcnn", "backbone"])
-def test_benchmark_model_quick(tmp_path, arch):
-    run_script("benchmark_model.py", tmp_path, "--archs", arch, "--device", "cpu")
+@pytest.mark.parametrize("arch, calibrate", [("faster_rcnn", False), ("backbone", False),
+                                             ("backbone", True)])
+def test_benchmark_model_quick(tmp_path, arch, calibrate):
+    run_script("benchmark_model.py", tmp_path, "--archs", arch, "--device", "cpu",
+               *(["--calibrate-bn"] if calibrate else []))
     rows = table_rows((tmp_path / "results.md").read_text())
     assert [(r[1].strip(), r[2].strip()) for r in rows] == [
         (arch, "nearest"), (arch, "DySample"), (arch, "DySample+")
@@ -74,3 +76,20 @@ def test_benchmark_model_quick(tmp_path, arch):
     upsampling = [[float(v) for v in r[13].split("/")] for r in rows]
     assert all(ms > 0 for row in upsampling for ms in row)
     assert rows[0][14].strip() == "+0.00 % / +0.00 %"
+    # DySample's offsets: random FrozenBN weights blow the features (and offsets) up,
+    # calibrated statistics leave them at the offset conv's initialization (std 0.001)
+    assert rows[0][15].strip() == "-"
+    mean_px, max_px = (float(v) for v in rows[1][15].split("/"))
+    assert 0 < mean_px <= max_px
+    assert (mean_px < 0.1) if calibrate else (mean_px > 1)
+
+
+def test_benchmark_model_refuses_calibration_without_frozen_bn(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "benchmark_model.py"), "--quick",
+         "--norm", "GN", "--calibrate-bn", "--out", str(tmp_path / "none")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    assert "--calibrate-bn calibrates FrozenBN statistics; --norm GN has none" in result.stderr
+    assert not (tmp_path / "none").exists()
