@@ -10,6 +10,7 @@ Writes DIR/results.md, DIR/results.json and DIR/latency_vs_params.png.
 
     python scripts/benchmark_upsamplers.py --out benchmark_results/upsamplers
     python scripts/benchmark_upsamplers.py --quick --out /tmp/up     # smoke run, seconds
+    python scripts/benchmark_upsamplers.py --offset-px 2 --out /tmp/up2px   # learned-size offsets
 """
 import argparse
 import json
@@ -62,7 +63,16 @@ class PyTorchPath(nn.Module):
             sampling.NATIVE = saved
 
 
-def build_cases(channels, scale, groups, dtype, device):
+def scale_offsets(module, x, offset_px):
+    """Scales DySample's offset conv so that its mean |offset| on x is offset_px input pixels."""
+    with torch.no_grad():
+        current = module.offsets(x).abs().mean()
+        module.offset.weight.mul_(offset_px / current)
+        module.offset.bias.mul_(offset_px / current)
+        return module.offsets(x).abs().mean().item()
+
+
+def build_cases(channels, scale, groups, dtype, device, x, offset_px=None):
     from dysample_d2 import DySample
     from reference_dysample import ReferenceDySample
 
@@ -71,6 +81,8 @@ def build_cases(channels, scale, groups, dtype, device):
     for style, dyscope in VARIANTS:
         tag = f"{style}{'+' if dyscope else ''}"
         module = DySample(channels, scale, style=style, groups=groups, dyscope=dyscope)
+        module.mean_offset_px = (scale_offsets(module, x.float().cpu(), offset_px) if offset_px
+                                 else module.offsets(x.float().cpu()).abs().mean().item())
         reference = ReferenceDySample(channels, scale, style, groups, dyscope)
         reference.load_state_dict(module.state_dict())  # same weights: same outputs
         cases.append((f"DySample-{tag}", module))
@@ -90,9 +102,9 @@ def time_once(fn, device):
 
 def measure_shape(shape, args, device, dtype):
     b, c, h, w = shape
-    cases = build_cases(c, args.scale, args.groups, dtype, device)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+    cases = build_cases(c, args.scale, args.groups, dtype, device, x, args.offset_px)
     x_train = x.clone().requires_grad_()
     grad = torch.randn(b, c, h * args.scale, w * args.scale, generator=gen)
     grad = grad.to(device=device, dtype=dtype)
@@ -101,7 +113,8 @@ def measure_shape(shape, args, device, dtype):
         flops, skipped = count_flops(module, (x,))
         rows.append(dict(shape=f"{b}x{c}x{h}x{w}", case=name,
                          params=sum(p.numel() for p in module.parameters()),
-                         flops=flops, flops_skipped=skipped, fwd=[], train=[]))
+                         flops=flops, flops_skipped=skipped, fwd=[], train=[],
+                         offset_px=getattr(module, "mean_offset_px", None)))
 
     def forward(module):
         with torch.no_grad():
@@ -147,6 +160,11 @@ def measure_shape(shape, args, device, dtype):
     return rows
 
 
+def _offset_range(rows):
+    values = [r["offset_px"] for r in rows if r.get("offset_px") is not None]
+    return f"{min(values):.3g}-{max(values):.3g} px" if values else "none"
+
+
 def write_markdown(path, rows, info, args):
     lines = [
         "# Upsampler benchmark", "",
@@ -159,7 +177,11 @@ def write_markdown(path, rows, info, args):
         "FLOPs: fvcore on the traced graph (multiply-adds; grid_sampler 4 per output "
         "element, elementwise ops 1 per element via handles added here); peak: memory "
         "allocated during one forward / one training step (torch.profiler on CPU, "
-        "max_memory_allocated on CUDA).", "",
+        "max_memory_allocated on CUDA). Offsets (mean |offset| in input pixels, which sets how "
+        "far apart the pixels DySample reads are): "
+        + (f"the offset convs scaled to {args.offset_px:g} px (--offset-px)" if args.offset_px
+           else "as initialized (std 0.001 weights; about 0.004 px on these inputs)")
+        + f", measured {_offset_range(rows)}.", "",
         "| input | upsampler | params | MFLOPs | fwd ms | fwd+bwd ms | fwd peak MB "
         "| train peak MB | fwd / bilinear | fwd+bwd / bilinear | fwd / nearest "
         "| fwd+bwd / nearest |",
@@ -189,6 +211,9 @@ def parse_args(argv=None):
                    help="an extra input shape (repeatable)")
     p.add_argument("--no-default-shapes", action="store_true",
                    help="only the --shape shapes, not the three FPN steps")
+    p.add_argument("--offset-px", type=float, default=None, metavar="PX",
+                   help="scale DySample's offset convs to this mean |offset| (input pixels); "
+                   "default: as initialized, about 0.004 px")
     p.add_argument("--scale", type=int, default=2)
     p.add_argument("--groups", type=int, default=4)
     p.add_argument("--out", default="benchmark_results/upsamplers", help="output directory")
@@ -196,6 +221,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.no_default_shapes and not args.shape:
         p.error("--no-default-shapes needs at least one --shape B,C,H,W")
+    if args.offset_px is not None and not args.offset_px > 0:
+        p.error(f"--offset-px must be > 0, got {args.offset_px}")
     if args.repeats is None:
         args.repeats = 1 if args.quick else 5
     return args

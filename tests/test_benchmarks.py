@@ -46,9 +46,13 @@ def test_benchmark_upsamplers_quick(tmp_path):
 
 
 def test_benchmark_upsamplers_only_given_shapes(tmp_path):
-    run_script("benchmark_upsamplers.py", tmp_path, "--shape", "1,8,5,7", "--no-default-shapes")
-    rows = table_rows((tmp_path / "results.md").read_text())
+    run_script("benchmark_upsamplers.py", tmp_path, "--shape", "1,8,5,7", "--no-default-shapes",
+               "--offset-px", "2")
+    markdown = (tmp_path / "results.md").read_text()
+    rows = table_rows(markdown)
     assert {r[0].strip() for r in rows} == {"1x8x5x7"} and len(rows) == 12
+    # every DySample's offset conv scaled to a mean |offset| of 2 input pixels
+    assert "the offset convs scaled to 2 px (--offset-px), measured 2-2 px." in markdown
     result = subprocess.run(
         [sys.executable, os.path.join(REPO, "scripts", "benchmark_upsamplers.py"),
          "--no-default-shapes", "--out", str(tmp_path / "none")],
@@ -57,6 +61,12 @@ def test_benchmark_upsamplers_only_given_shapes(tmp_path):
     assert result.returncode == 2
     assert "--no-default-shapes needs at least one --shape B,C,H,W" in result.stderr
     assert not (tmp_path / "none").exists()
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "benchmark_upsamplers.py"),
+         "--offset-px", "0", "--out", str(tmp_path / "none")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2 and "--offset-px must be > 0, got 0.0" in result.stderr
 
 
 @pytest.mark.parametrize("arch, calibrate", [("faster_rcnn", False), ("backbone", False),
