@@ -65,15 +65,20 @@ UPSAMPLING_EVENTS = ("aten::upsample_nearest2d", "aten::upsample_nearest2d_backw
                      "FusedDySample", "FusedDySampleBackward")
 
 
-def upsampling_ms(fn, runs=3):
-    """CPU time (ms) that `fn` spends in the FPN's upsampling ops, from torch.profiler."""
+def upsampling_ms(fn, runs):
+    """
+    CPU time (ms) that `fn` spends in the FPN's upsampling ops, from torch.profiler: the
+    median of `runs` runs, each profiled on its own (one page-faulting run moves a mean).
+    """
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(runs):
+    totals = []
+    for _ in range(runs):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
             fn()
-    events = prof.key_averages()
-    return sum(e.cpu_time_total for e in events if e.key in UPSAMPLING_EVENTS) / runs / 1e3
+        totals.append(sum(e.cpu_time_total for e in prof.key_averages()
+                          if e.key in UPSAMPLING_EVENTS) / 1e3)
+    return statistics.median(totals)
 
 
 def build(config, device, norm, quick=False):
@@ -256,10 +261,10 @@ def measure_arch(arch, args, device):
             rows[i]["infer"].append(timed(lambda: infer(models[i][0])))
             rows[i]["train"].append(timed(lambda: train(models[i][0])))
     if device == "cpu":  # the upsamplers' own time inside the model, free of the convs' noise
-        # (mean of 3 profiled runs: single runs of this VM's page-fault-heavy ops vary 2x)
+        # (medians: single runs of this VM's page-fault-heavy ops vary 2x)
         for row, (model, _) in zip(rows, models):
-            row["infer_upsampling_ms"] = upsampling_ms(lambda: infer(model))
-            row["train_upsampling_ms"] = upsampling_ms(lambda: train(model))
+            row["infer_upsampling_ms"] = upsampling_ms(lambda: infer(model), 5)
+            row["train_upsampling_ms"] = upsampling_ms(lambda: train(model), 3)
     for row in rows:
         row["infer_samples_ms"] = [round(1e3 * t, 2) for t in row.pop("infer")]
         row["train_samples_ms"] = [round(1e3 * t, 2) for t in row.pop("train")]
@@ -323,7 +328,8 @@ def write_markdown(path, rows, info, args):
         "FPN alone, the part whose work the upsampler changes (inference: one image; training: "
         "forward + backward of batch 2, loss = mean of each output level). Latencies: median "
         "(min-max) of the repeats. Upsampling (CPU): torch.profiler's CPU time of the FPN's "
-        "upsampling ops, mean of 3 more inferences and 3 more training iterations (nearest: "
+        "upsampling ops, median of 5 more inferences and of 3 more training iterations, each "
+        "profiled on its own (nearest: "
         "upsample_nearest2d and its backward; DySample: its autograd Function and backward, "
         "matmuls and grid included); added: that time minus the nearest model's, as a share "
         "of the nearest model's median latency. Offsets: mean / max |offset| in input pixels "

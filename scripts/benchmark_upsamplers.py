@@ -180,7 +180,7 @@ def write_markdown(path, rows, info, args):
         "max_memory_allocated on CUDA). Offsets (mean |offset| in input pixels, which sets how "
         "far apart the pixels DySample reads are): "
         + (f"the offset convs scaled to {args.offset_px:g} px (--offset-px)" if args.offset_px
-           else "as initialized (std 0.001 weights; about 0.004 px on these inputs)")
+           else "as initialized (std 0.001 weights; 0.002-0.003 px on these unit-variance inputs)")
         + f", measured {_offset_range(rows)}.", "",
         "| input | upsampler | params | MFLOPs | fwd ms | fwd+bwd ms | fwd peak MB "
         "| train peak MB | fwd / bilinear | fwd+bwd / bilinear | fwd / nearest "
@@ -213,7 +213,7 @@ def parse_args(argv=None):
                    help="only the --shape shapes, not the three FPN steps")
     p.add_argument("--offset-px", type=float, default=None, metavar="PX",
                    help="scale DySample's offset convs to this mean |offset| (input pixels); "
-                   "default: as initialized, about 0.004 px")
+                   "default: as initialized, 0.002-0.003 px")
     p.add_argument("--scale", type=int, default=2)
     p.add_argument("--groups", type=int, default=4)
     p.add_argument("--out", default="benchmark_results/upsamplers", help="output directory")

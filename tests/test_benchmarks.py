@@ -103,3 +103,20 @@ def test_benchmark_model_refuses_calibration_without_frozen_bn(tmp_path):
     assert result.returncode == 2
     assert "--calibrate-bn calibrates FrozenBN statistics; --norm GN has none" in result.stderr
     assert not (tmp_path / "none").exists()
+
+
+def test_benchmark_kernel_quick(tmp_path):
+    stdout = run_script("benchmark_kernel.py", tmp_path, "--offset-px", "0,3")
+    markdown = (tmp_path / "results.md").read_text()
+    assert "compiled CPU sampling kernel: loaded" in markdown
+    rows = table_rows(markdown)
+    assert [(r[0].strip(), float(r[1])) for r in rows] == [("2x8x5x7", 0.0), ("2x8x5x7", 3.0)]
+    assert all(float(v) > 0 for r in rows for v in r[2:6])  # fwd / bwd ms, kernel and ATen
+    assert stdout.count("offsets") == 2  # a progress line per case
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "benchmark_kernel.py"),
+         "--offset-px", "1,-2", "--out", str(tmp_path / "none")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2 and "--offset-px: comma-separated sizes >= 0" in result.stderr
+    assert not (tmp_path / "none").exists()

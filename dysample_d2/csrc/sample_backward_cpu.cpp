@@ -17,11 +17,6 @@
 
 #include "sampling_common.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define DYSAMPLE_AVX2_DISPATCH 1
-#include <immintrin.h>
-#endif
-
 namespace dysample {
 
 // Per-thread buffers: channels-last copies of input rows and of their gradient rows (slot

@@ -14,6 +14,13 @@
 #include <string>
 #include <vector>
 
+// x86-64 with GCC: both kernels also compile an AVX2 build (GCC's target("avx2")), chosen at
+// run time where the CPU has it (use_avx2).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DYSAMPLE_AVX2_DISPATCH 1
+#include <immintrin.h>
+#endif
+
 namespace dysample {
 
 // grid_sampler_unnormalize (align_corners=False) + clip_coordinates_set_grad, as ATen.
