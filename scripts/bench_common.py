@@ -1,9 +1,11 @@
 """Helpers shared by benchmark_upsamplers.py and benchmark_model.py."""
 import contextlib
+import json
 import os
 import platform
 import sys
 from collections import Counter
+from pathlib import Path
 
 import torch
 
@@ -101,6 +103,15 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def write_results(out_dir, info, rows, write_markdown, args) -> Path:
+    """DIR/results.json (info and rows) and DIR/results.md (`write_markdown`); returns DIR."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(dict(info=info, rows=rows), indent=1))
+    write_markdown(out / "results.md", rows, info, args)
+    return out
 
 
 def load_average() -> str:

@@ -12,7 +12,6 @@ DIR/results.md and DIR/results.json.
     python scripts/benchmark_kernel.py --quick --out /tmp/kernel    # smoke run
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -24,7 +23,7 @@ sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
 
 import torch  # noqa: E402
 
-from bench_common import load_average, machine_info  # noqa: E402
+from bench_common import load_average, machine_info, write_results  # noqa: E402
 
 DEFAULT_SHAPES = [(8, 64, 25, 42), (8, 64, 50, 84), (8, 64, 100, 168)]
 DEFAULT_OFFSETS = (0.0, 0.5, 2.0, 10.0)
@@ -136,10 +135,7 @@ def main(argv=None):
     print(f"{info['machine']}\n{info['kernel']}", flush=True)
     rows = [measure(shape, px, kernel, args) for shape in args.shapes for px in args.offsets]
     info["load_end"] = load_average()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(dict(info=info, rows=rows), indent=1))
-    write_markdown(out / "results.md", rows, info, args)
+    out = write_results(args.out, info, rows, write_markdown, args)
     print(f"wrote {out / 'results.md'}")
 
 

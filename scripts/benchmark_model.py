@@ -20,7 +20,6 @@ trained model lies in between; the table reports the offsets measured.
     python scripts/benchmark_model.py --archs backbone --calibrate-bn --out /tmp/model_bn
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -35,6 +34,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 import torch  # noqa: E402
 
 from bench_common import (  # noqa: E402
+    write_results,
     count_flops,
     load_average,
     machine_info,
@@ -409,10 +409,7 @@ def main(argv=None):
         for arch in args.archs:
             rows += measure_arch(arch, args, device)
     info["load_end"] = load_average()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(dict(info=info, rows=rows), indent=1))
-    write_markdown(out / "results.md", rows, info, args)
+    out = write_results(args.out, info, rows, write_markdown, args)
     print(f"wrote {out / 'results.md'}")
 
 

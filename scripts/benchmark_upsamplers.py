@@ -13,7 +13,6 @@ Writes DIR/results.md, DIR/results.json and DIR/latency_vs_params.png.
     python scripts/benchmark_upsamplers.py --offset-px 2 --out /tmp/up2px   # learned-size offsets
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -28,6 +27,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench_common import (  # noqa: E402
+    write_results,
     count_flops, load_average, machine_info, peak_memory_mb, synchronize, write_chart,
 )
 
@@ -249,10 +249,7 @@ def main(argv=None):
         print(f"input {shape}:", flush=True)
         rows += measure_shape(shape, args, device, dtype)
     info["load_end"] = load_average()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(dict(info=info, rows=rows), indent=1))
-    write_markdown(out / "results.md", rows, info, args)
+    out = write_results(args.out, info, rows, write_markdown, args)
     shapes_done = [r["shape"] for r in rows]
     chart_shape = "2x256x50x84" if "2x256x50x84" in shapes_done else shapes_done[-1]
     write_chart(out / "latency_vs_params.png", [r for r in rows if r["shape"] == chart_shape],

@@ -1,6 +1,5 @@
-// The backward kernel's row loop. sample_backward_cpu.cpp includes this file twice, after
-// transpose_cl.h, like the forward's rows_cl.h: portable and under GCC's target("avx2"). Same
-// arithmetic, same results, in both.
+// The backward kernel's row loop, compiled twice by isa_builds.h like the forward's rows_cl.h:
+// portable and under GCC's target("avx2"). Same arithmetic, same results, in both.
 namespace dysample {
 namespace DYSAMPLE_ISA {
 

@@ -1,6 +1,5 @@
-// The forward kernel's row loop. sample_forward_cpu.cpp includes this file twice, after
-// transpose_cl.h: as it is (namespace dysample::portable) and under GCC's target("avx2")
-// (dysample::avx2), where the channel loops compile to 8-wide vectors. Same arithmetic, same
+// The forward kernel's row loop, compiled twice by isa_builds.h: portable and under GCC's
+// target("avx2"), where the channel loops compile to 8-wide vectors. Same arithmetic, same
 // results, in both.
 namespace dysample {
 namespace DYSAMPLE_ISA {

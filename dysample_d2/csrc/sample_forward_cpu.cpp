@@ -99,22 +99,9 @@ struct GridSource {
 
 }  // namespace dysample
 
-#define DYSAMPLE_ISA portable
-#include "transpose_cl.h"
-#include "rows_cl.h"
-#undef DYSAMPLE_ISA
-
-#ifdef DYSAMPLE_AVX2_DISPATCH
-#pragma GCC push_options
-#pragma GCC target("avx2")
-#define DYSAMPLE_ISA avx2
-#define DYSAMPLE_ISA_AVX2 1
-#include "transpose_cl.h"
-#include "rows_cl.h"
-#undef DYSAMPLE_ISA_AVX2
-#undef DYSAMPLE_ISA
-#pragma GCC pop_options
-#endif
+#define DYSAMPLE_ROWS "rows_cl.h"
+#include "isa_builds.h"
+#undef DYSAMPLE_ROWS
 
 namespace dysample {
 

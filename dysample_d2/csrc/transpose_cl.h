@@ -1,6 +1,6 @@
-// Blocked transposes between planar rows and channels-last rows, for both kernels. Included
-// like rows_cl.h: once as it is (dysample::portable), once under GCC's target("avx2")
-// (dysample::avx2, 8 x 8 float blocks in AVX2 registers).
+// Blocked transposes between planar rows and channels-last rows, for both kernels; compiled
+// twice by isa_builds.h (dysample::portable, and dysample::avx2 with 8 x 8 float blocks in
+// AVX2 registers).
 namespace dysample {
 namespace DYSAMPLE_ISA {
 
