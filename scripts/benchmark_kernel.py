@@ -19,23 +19,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
+sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent), str(REPO / "tests")]
 
 import torch  # noqa: E402
 
 from bench_common import load_average, machine_info, write_results  # noqa: E402
+from helpers import dysample_like_grid  # noqa: E402
 
 DEFAULT_SHAPES = [(8, 64, 25, 42), (8, 64, 50, 84), (8, 64, 100, 168)]
 DEFAULT_OFFSETS = (0.0, 0.5, 2.0, 10.0)
-
-
-def dysample_grid(n, h, w, scale, offset_px, gen):
-    """Planar grid [N, 2, sH, sW]: bilinear positions plus N(0, offset_px) pixel offsets."""
-    from dysample_d2.layers.dysample import _base_grid
-
-    base = _base_grid(scale * h, scale * w, torch.device("cpu"), torch.float32)
-    offsets = torch.randn(n, scale * h, scale * w, 2, generator=gen) * offset_px
-    return (base + offsets * torch.tensor([2 / w, 2 / h])).permute(0, 3, 1, 2).contiguous()
 
 
 def measure(shape, offset_px, kernel, args):
@@ -44,7 +36,7 @@ def measure(shape, offset_px, kernel, args):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=gen)
     grad = torch.randn(n, c, s * h, s * w, generator=gen)
-    grid = dysample_grid(n, h, w, s, offset_px, gen)
+    grid = dysample_like_grid(n, h, w, s, offset_px, torch.float32)
     grid_nhwc = grid.permute(0, 2, 3, 1)
     cases = {
         "kernel fwd": lambda: kernel.sample_forward(x, grid),

@@ -6,6 +6,8 @@ from dysample_d2 import DySample
 from dysample_d2.layers import dysample as dysample_module
 from dysample_d2.layers import native, sampling
 
+from helpers import dysample_like_grid
+
 
 @pytest.fixture(scope="module")
 def compiled():
@@ -20,15 +22,6 @@ def kernel(compiled, request):
     compiled.kernel_isa(request.param)
     yield compiled
     compiled.kernel_isa("auto")
-
-
-def dysample_like_grid(n, h, w, scale, offset_px, dtype, seed=0):
-    """Planar grid [N, 2, sH, sW]: bilinear positions plus offsets of about offset_px."""
-    gen = torch.Generator().manual_seed(seed)
-    base = dysample_module._base_grid(scale * h, scale * w, torch.device("cpu"), dtype)
-    step = torch.tensor([2 / w, 2 / h], dtype=dtype)
-    offsets = torch.randn(n, scale * h, scale * w, 2, dtype=dtype, generator=gen)
-    return (base + offsets * offset_px * step).permute(0, 3, 1, 2).contiguous()
 
 
 def aten_reference(x, grid, grad):

@@ -146,11 +146,10 @@ void backward_rows(const scalar_t* x, const scalar_t* grad_out, const scalar_t* 
       const int64_t top = (k.r0 % ws.slots) * row_size, bottom = (k.r1 % ws.slots) * row_size;
       const int64_t left = k.c0 * s.c, right = k.c1 * s.c;
       scalar_t sums[2];
-      scalar_t* g = grad_x ? gr : nullptr;
       backward_pixel(ws.grad_out_row.get() + o * s.c, xr + top + left, xr + top + right,
-                     xr + bottom + left, xr + bottom + right, k, g ? g + top + left : g,
-                     g ? g + top + right : g, g ? g + bottom + left : g,
-                     g ? g + bottom + right : g, s.c, sums);
+                     xr + bottom + left, xr + bottom + right, k, gr ? gr + top + left : gr,
+                     gr ? gr + top + right : gr, gr ? gr + bottom + left : gr,
+                     gr ? gr + bottom + right : gr, s.c, sums);
       part[y * s.ow + o] = sums[0] * k.mx;
       part[out_plane + y * s.ow + o] = sums[1] * k.my;
     }

@@ -25,7 +25,7 @@ namespace dysample {
 template <typename scalar_t>
 struct BackwardWorkspace {
   BackwardWorkspace(const Shape& s, bool input_grad)
-      : slots(std::max<int64_t>(4, std::min<int64_t>(16, (32 << 10) / (s.w * s.c * sizeof(scalar_t))))),
+      : slots(initial_slots(s, sizeof(scalar_t), 32 << 10)),
         input_grad(input_grad),
         tag(slots, -1),
         corners(s.ow),
@@ -42,7 +42,7 @@ struct BackwardWorkspace {
   // Holds at least `rows_needed` input rows (at most the image's); the rows held are dropped
   // (their gradient rows must have been stored).
   void hold(int64_t rows_needed, const Shape& s) {
-    slots = std::min(s.h, std::max(rows_needed, 2 * slots));
+    slots = grown_slots(s, slots, rows_needed);
     tag.assign(slots, -1);
     allocate(s);
   }

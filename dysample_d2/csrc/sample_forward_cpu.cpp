@@ -32,7 +32,7 @@ namespace dysample {
 template <typename scalar_t>
 struct RowsWorkspace {
   explicit RowsWorkspace(const Shape& s)
-      : slots(std::max<int64_t>(4, std::min<int64_t>(16, (64 << 10) / (s.w * s.c * sizeof(scalar_t))))),
+      : slots(initial_slots(s, sizeof(scalar_t), 64 << 10)),
         rows(new scalar_t[slots * s.w * s.c]),
         tag(slots, -1),
         pixels(s.ow),
@@ -47,7 +47,7 @@ struct RowsWorkspace {
 
   // Holds at least `rows` input rows (at most the image's); the rows held are dropped.
   void hold(int64_t rows_needed, const Shape& s) {
-    slots = std::min(s.h, std::max(rows_needed, 2 * slots));
+    slots = grown_slots(s, slots, rows_needed);
     rows.reset(new scalar_t[slots * s.w * s.c]);
     tag.assign(slots, -1);
   }

@@ -9,6 +9,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -43,6 +44,16 @@ inline scalar_t source_index(scalar_t coord, int64_t size, scalar_t* mult) {
 struct Shape {
   int64_t c, h, w, oh, ow;  // channels, input and output height and width
 };
+
+// Slots of a kernel's ring of channels-last input rows [W, C]: about `budget` bytes, 4 to 16
+// rows; grown_slots: at least `needed` rows (at least doubling), at most the image's.
+inline int64_t initial_slots(const Shape& s, int64_t element_size, int64_t budget) {
+  return std::max<int64_t>(4, std::min<int64_t>(16, budget / (s.w * s.c * element_size)));
+}
+
+inline int64_t grown_slots(const Shape& s, int64_t slots, int64_t needed) {
+  return std::min(s.h, std::max(needed, 2 * slots));
+}
 
 // One output pixel: corner rows r0 <= r1 and columns c0 <= c1 (r1 = r0 + 1 or, on the last
 // row, r0), 1 - frac and frac in x and y, d(pixel coordinate)/d(normalized grid) (0 where the
