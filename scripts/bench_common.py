@@ -1,4 +1,4 @@
-"""Helpers shared by benchmark_upsamplers.py and benchmark_model.py."""
+"""Helpers shared by the benchmark scripts (upsamplers, model, kernel)."""
 import contextlib
 import json
 import os
@@ -103,6 +103,16 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def header_lines(title, info) -> list:
+    """The first lines of a results.md: title, the command that made it, machine and load."""
+    return [
+        f"# {title}", "",
+        f"Command: `{info['command']}`", "",
+        f"Machine: {info['machine']}; 1-minute load average {info['load_start']} at the start, "
+        f"{info['load_end']} at the end (other jobs share the machine).", "",
+    ]
 
 
 def write_results(out_dir, info, rows, write_markdown, args) -> Path:

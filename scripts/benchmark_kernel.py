@@ -23,7 +23,7 @@ sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent), str(REPO / "tes
 
 import torch  # noqa: E402
 
-from bench_common import load_average, machine_info, write_results  # noqa: E402
+from bench_common import header_lines, load_average, machine_info, write_results  # noqa: E402
 from helpers import dysample_like_grid  # noqa: E402
 
 DEFAULT_SHAPES = [(8, 64, 25, 42), (8, 64, 50, 84), (8, 64, 100, 168)]
@@ -65,11 +65,7 @@ def measure(shape, offset_px, kernel, args):
 
 
 def write_markdown(path, rows, info, args):
-    lines = [
-        "# Sampling kernel benchmark", "",
-        f"Command: `{info['command']}`", "",
-        f"Machine: {info['machine']}; 1-minute load average {info['load_start']} at the start, "
-        f"{info['load_end']} at the end.", "",
+    lines = header_lines("Sampling kernel benchmark", info) + [
         f"{info['kernel']}. Float32, x{args.scale}, bilinear, padding border; grid = bilinear "
         "positions + N(0, offsets) input pixels; bwd: input and grid gradients; median of "
         f"{args.repeats} interleaved repeats after {args.warmup} warm-up.", "",

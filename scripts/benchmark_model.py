@@ -34,12 +34,13 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 import torch  # noqa: E402
 
 from bench_common import (  # noqa: E402
-    write_results,
     count_flops,
+    header_lines,
     load_average,
     machine_info,
     peak_memory_mb,
     synchronize,
+    write_results,
 )
 
 CONFIGS = {
@@ -309,11 +310,7 @@ def _offsets(row):
 
 def write_markdown(path, rows, info, args):
     h, w = args.size
-    lines = [
-        "# Model benchmark", "",
-        f"Command: `{info['command']}`", "",
-        f"Machine: {info['machine']}; 1-minute load average {info['load_start']} at the start, "
-        f"{info['load_end']} at the end (other jobs share the machine).", "",
+    lines = header_lines("Model benchmark", info) + [
         f"Random weights{', norm ' + args.norm if args.norm else ''}"
         + (", FrozenBN statistics calibrated on one image (--calibrate-bn)"
            if args.calibrate_bn else "")

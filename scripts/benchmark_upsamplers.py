@@ -27,8 +27,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench_common import (  # noqa: E402
-    write_results,
-    count_flops, load_average, machine_info, peak_memory_mb, synchronize, write_chart,
+    count_flops, header_lines, load_average, machine_info, peak_memory_mb, synchronize,
+    write_chart, write_results,
 )
 
 DEFAULT_SHAPES = [(2, 256, 25, 42), (2, 256, 50, 84), (2, 256, 100, 168)]
@@ -166,11 +166,7 @@ def _offset_range(rows):
 
 
 def write_markdown(path, rows, info, args):
-    lines = [
-        "# Upsampler benchmark", "",
-        f"Command: `{info['command']}`", "",
-        f"Machine: {info['machine']}; 1-minute load average {info['load_start']} at the start, "
-        f"{info['load_end']} at the end (other jobs share the machine).", "",
+    lines = header_lines("Upsampler benchmark", info) + [
         f"Device {args.device}, dtype {args.dtype}, scale x{args.scale}, groups {args.groups}; "
         f"{info['kernel']}; \"(PyTorch)\": the same module on its pure-PyTorch path; "
         f"median of {args.repeats} interleaved repeats after {args.warmup} warm-up. "
