@@ -190,3 +190,5 @@ def test_invalid_inputs_are_rejected():
         module(torch.randn(16, 5, 5))
     with pytest.raises(ValueError, match="expected 16 input channels, got 8"):
         module(torch.randn(1, 8, 5, 5))
+    with pytest.raises(ValueError, match=r"add_to must have the output's shape \(1, 16, 10, 10\)"):
+        module(torch.randn(1, 16, 5, 5), add_to=torch.zeros(1, 16, 10, 9))

@@ -129,3 +129,38 @@ def test_missing_add_dysample_config_is_explained():
 def test_wrong_type_in_config_file_is_rejected_with_key_name():
     with pytest.raises(ValueError, match="MODEL.FPN.DYSAMPLE.DYSCOPE"):
         load_config(R50_DYSAMPLE, opts=["MODEL.FPN.DYSAMPLE.DYSCOPE", "'yes'"])
+
+
+def separate_sum_forward(fpn, x):
+    """DySampleFPN's top-down pathway written as Detectron2's FPN: lateral + upsample(prev)."""
+    features = fpn.bottom_up(x)
+    prev = fpn.lateral_convs[0](features[fpn.in_features[-1]])
+    results = [fpn.output_convs[0](prev)]
+    for idx, (lateral_conv, output_conv) in enumerate(
+        zip(fpn.lateral_convs[1:], fpn.output_convs[1:]), start=1
+    ):
+        prev = lateral_conv(features[fpn.in_features[-idx - 1]]) + fpn.upsamplers[idx - 1](prev)
+        results.insert(0, output_conv(prev))
+    return results
+
+
+@pytest.mark.parametrize("norm", ["", "GN", "BN"])
+def test_in_place_lateral_sum_trains_as_the_separate_sum(norm):
+    """The top-down sum into the lateral features, in place, gives the separate sum's outputs
+    and gradients, whatever norm the lateral convs have (autograd would refuse an in-place
+    change of a tensor a backward needs)."""
+    model = backbone(R50_DYSAMPLE_PLUS, tiny=True, opts=["MODEL.FPN.NORM", norm]).train()
+    for upsampler in model.upsamplers:
+        torch.nn.init.normal_(upsampler.offset.weight, std=0.05)
+        torch.nn.init.normal_(upsampler.scope.weight, std=0.05)
+    x = torch.randn(2, 3, 64, 96)
+    params = [p for p in model.parameters() if p.requires_grad]
+    expected = separate_sum_forward(model, x)
+    expected_grads = torch.autograd.grad(sum(r.square().sum() for r in expected), params)
+    out = model(x)
+    results = [out[f"p{level}"] for level in (2, 3, 4, 5)]
+    for r, e in zip(results, expected):
+        torch.testing.assert_close(r, e, rtol=0, atol=0)
+    grads = torch.autograd.grad(sum(r.square().sum() for r in results), params)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)

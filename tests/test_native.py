@@ -132,7 +132,7 @@ def test_forward_from_offsets_equals_pytorch_ops(kernel, dtype, scale, groups, g
     """The forward that builds the grid row by row from the offset matmul: the grid it keeps
     equals sampling._make_grid's torch ops, its output grid_sample on that grid; without
     keep_grid the same output and no grid."""
-    b, h, w, s, g, c = 2, 5, 7, scale, groups, 3
+    b, h, w, s, g, c = 2, 5, 7, scale, groups, 9  # c, sW >= 8: full 8 x 8 AVX2 blocks too
     m = 2 * g * s * s
     off = torch.randn(b, h * w, 2 * m if gated else m, dtype=dtype)
     if gated:
@@ -143,13 +143,19 @@ def test_forward_from_offsets_equals_pytorch_ops(kernel, dtype, scale, groups, g
     x = torch.randn(b * g, c, h, w, dtype=dtype)
     expected_grid = sampling._make_grid(off, bias, base, norm, h, w, s, g, gated)
     args = (x, off, torch.empty(0, dtype=dtype) if bias is None else bias, base, norm, s, g, gated)
-    out, grid = kernel.sample_forward_offsets(*args, True)
+    empty = torch.empty(0, dtype=dtype)
+    out, grid = kernel.sample_forward_offsets(*args, True, empty)
     assert grid.shape == (b * g, 2, s * h, s * w)
     tol = 1e-12 if dtype == torch.float64 else 1e-6
     torch.testing.assert_close(grid, expected_grid, rtol=tol, atol=tol)
     assert torch.equal(out, kernel.sample_forward(x, grid))
-    out_only, no_grid = kernel.sample_forward_offsets(*args, False)
+    out_only, no_grid = kernel.sample_forward_offsets(*args, False, empty)
     assert no_grid.numel() == 0 and torch.equal(out_only, out)
+    # add_to: the samples added as they are written, in place; the same bits as the sum after
+    add_to = torch.randn(b * g, c, s * h, s * w, dtype=dtype)
+    expected_sum = add_to + out
+    summed, _ = kernel.sample_forward_offsets(*args, False, add_to)
+    assert summed.data_ptr() == add_to.data_ptr() and torch.equal(add_to, expected_sum)
 
 
 def test_bad_arguments_are_refused(kernel):
@@ -166,13 +172,15 @@ def test_bad_arguments_are_refused(kernel):
     off = torch.zeros(2, 20, 32)
     forward = kernel.sample_forward_offsets
     with pytest.raises(RuntimeError, match=r"expected a contiguous off \[2, 20, 64\]"):
-        forward(xs, off, no_bias, base, norm, 2, 4, True, True)
+        forward(xs, off, no_bias, base, norm, 2, 4, True, True, no_bias)
     with pytest.raises(RuntimeError, match=r"base must be \[8, 10, 2\]"):
-        forward(xs, off, no_bias, base[:4], norm, 2, 4, False, True)
+        forward(xs, off, no_bias, base[:4], norm, 2, 4, False, True, no_bias)
     with pytest.raises(RuntimeError, match=r"bias must be empty or \[32\]"):
-        forward(xs, off, torch.zeros(5), base, norm, 2, 4, False, True)
+        forward(xs, off, torch.zeros(5), base, norm, 2, 4, False, True, no_bias)
     with pytest.raises(RuntimeError, match=r"expected a contiguous x \[B \* G, C / G, H, W\]"):
-        forward(xs[:7], off, no_bias, base, norm, 2, 4, False, True)
+        forward(xs[:7], off, no_bias, base, norm, 2, 4, False, True, no_bias)
+    with pytest.raises(RuntimeError, match=r"add_to must be empty or a contiguous \[8, 3, 8, 10\]"):
+        forward(xs, off, no_bias, base, norm, 2, 4, False, True, torch.zeros(8, 3, 8, 9))
     with pytest.raises(RuntimeError, match="choice must be 'auto' or 'portable', got 'sse9'"):
         kernel.kernel_isa("sse9")
 

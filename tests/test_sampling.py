@@ -269,3 +269,45 @@ def test_path_choice(monkeypatch):
     assert len(calls) == 1
     torch.jit.trace(module, x, check_trace=False)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("style, dyscope", [("lp", False), ("pl", True)])
+@pytest.mark.parametrize("fused", [True, False])
+def test_add_to_is_the_sum_in_place_bit_for_bit(dtype, style, dyscope, fused, monkeypatch):
+    """module(x, add_to=t) is t += module(x): the same bits as the separate sum, forward and
+    every gradient, on the fused path (kernel or pure PyTorch) and the plain one."""
+    if not fused:
+        monkeypatch.setattr(dysample_module, "use_fused", lambda x: False)
+    module = randomize(DySample(16, 2, style, 4, dyscope), std=0.3).to(dtype)
+    x = torch.randn(2, 16, 9, 11).to(dtype).requires_grad_()
+    base = torch.randn(2, 16, 18, 22).to(dtype).requires_grad_()
+    grad = torch.randn(2, 16, 18, 22).to(dtype)
+    inputs = [x, base] + list(module.parameters())
+    expected = base * 1 + module(x)
+    expected_grads = torch.autograd.grad(expected, inputs, grad)
+    add_to = base * 1
+    out = module(x, add_to=add_to)
+    assert out is add_to and add_to._version > 0
+    assert torch.equal(out, expected)
+    for g, e in zip(torch.autograd.grad(out, inputs, grad), expected_grads):
+        assert torch.equal(g, e)
+    with torch.no_grad():  # inference: the same sum without a graph
+        add_to = base.detach().clone()
+        assert module(x, add_to=add_to) is add_to and torch.equal(add_to, expected)
+
+
+def test_add_to_not_laid_out_as_the_output_is_summed_after(monkeypatch):
+    """A non-contiguous add_to (here channels-last) still gets the exact sum."""
+    module = randomize(DySample(16, 2, "lp", 4, True), std=0.3)
+    x = torch.randn(2, 16, 9, 11)
+    add_to = torch.randn(2, 16, 18, 22).contiguous(memory_format=torch.channels_last)
+    expected = add_to + module(x)
+    assert torch.equal(module(x, add_to=add_to), expected)
+
+
+def test_gradcheck_with_add_to():
+    module = randomize(DySample(8, 2, "lp", 2, dyscope=True), std=0.3).double()
+    x = torch.randn(1, 8, 4, 5, dtype=torch.float64, requires_grad=True)
+    base = torch.randn(1, 8, 8, 10, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, t: module(x, add_to=t * 1), (x, base))

@@ -13,10 +13,12 @@ inline void blend(const scalar_t* __restrict p00, const scalar_t* __restrict p01
   for (int64_t k = 0; k < c; ++k) out[k] = p00[k] * w00 + p01[k] * w01 + p10[k] * w10 + p11[k] * w11;
 }
 
-// Output rows [y0, y1) of image-group n: x [C, H, W], out [C, oH, oW].
+// Output rows [y0, y1) of image-group n: x [C, H, W], out [C, oH, oW] (added to, with
+// `accumulate`).
 template <typename scalar_t>
 void sample_rows(const scalar_t* x, const GridSource<scalar_t>& source, int64_t n, scalar_t* out,
-                 const Shape& s, int64_t y0, int64_t y1, RowsWorkspace<scalar_t>& ws) {
+                 const Shape& s, int64_t y0, int64_t y1, RowsWorkspace<scalar_t>& ws,
+                 bool accumulate) {
   const int64_t plane = s.h * s.w, out_plane = s.oh * s.ow, row_size = s.w * s.c;
   std::fill(ws.tag.begin(), ws.tag.end(), -1);  // another image-group: no row held
   for (int64_t y = y0; y < y1; ++y) {
@@ -45,7 +47,7 @@ void sample_rows(const scalar_t* x, const GridSource<scalar_t>& source, int64_t 
             blended + o * s.c, s.c);
     }
     // channel by channel, each written along its output row
-    transpose(blended, s.c, out + y * s.ow, out_plane, s.ow, s.c, false);
+    transpose(blended, s.c, out + y * s.ow, out_plane, s.ow, s.c, false, accumulate);
   }
 }
 

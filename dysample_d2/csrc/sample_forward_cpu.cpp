@@ -127,8 +127,10 @@ std::string kernel_isa(const std::string& choice) {
 
 namespace {
 
+// out = sampled, or with `accumulate` out = out + sampled
 template <typename scalar_t>
-void run_forward(const at::Tensor& x, const GridSource<scalar_t>& source, at::Tensor& out) {
+void run_forward(const at::Tensor& x, const GridSource<scalar_t>& source, at::Tensor& out,
+                 bool accumulate = false) {
   const int64_t n = x.size(0), oh = out.size(2);
   const Shape shape{x.size(1), x.size(2), x.size(3), oh, out.size(3)};
   // one task = a band of output rows of one image-group, all channels; bands only to give
@@ -148,11 +150,13 @@ void run_forward(const at::Tensor& x, const GridSource<scalar_t>& source, at::Te
       const int64_t y1 = std::min(oh, y0 + band_rows);
 #ifdef DYSAMPLE_AVX2_DISPATCH
       if (avx2) {
-        avx2::sample_rows(xp + b * in_size, source, b, op + b * out_size, shape, y0, y1, workspace);
+        avx2::sample_rows(xp + b * in_size, source, b, op + b * out_size, shape, y0, y1, workspace,
+                          accumulate);
         continue;
       }
 #endif
-      portable::sample_rows(xp + b * in_size, source, b, op + b * out_size, shape, y0, y1, workspace);
+      portable::sample_rows(xp + b * in_size, source, b, op + b * out_size, shape, y0, y1,
+                            workspace, accumulate);
     }
   });
 }
@@ -174,11 +178,13 @@ at::Tensor sample_forward(const at::Tensor& x, const at::Tensor& grid) {
 // DySample's forward from its offset matmul, the grid computed row by row (GridSource):
 // x [B * G, C / G, H, W], off [B, H * W, M (2M gated)], bias [M] or empty, base [sH, sW, 2],
 // norm [2]. Returns (out [B * G, C / G, sH, sW], the grid [B * G, 2, sH, sW] or, without
-// `save_grid`, an empty tensor).
+// `save_grid`, an empty tensor). With a non-empty `add_to` (contiguous, out's shape and x's
+// dtype) the samples are added to it in place and out is add_to.
 std::vector<at::Tensor> sample_forward_offsets(const at::Tensor& x, const at::Tensor& off,
                                                const at::Tensor& bias, const at::Tensor& base,
                                                const at::Tensor& norm, int64_t s, int64_t g,
-                                               bool gated, bool save_grid) {
+                                               bool gated, bool save_grid,
+                                               const at::Tensor& add_to) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.is_contiguous() && g > 0 && s > 0 &&
                   x.size(0) % g == 0,
               "dysample sampling: expected a contiguous x [B * G, C / G, H, W] (G = ", g,
@@ -196,7 +202,13 @@ std::vector<at::Tensor> sample_forward_offsets(const at::Tensor& x, const at::Te
   TORCH_CHECK(bias.numel() == 0 ||
                   (bias.numel() == m && bias.is_contiguous() && bias.scalar_type() == dtype),
               "dysample sampling: bias must be empty or [", m, "] of x's dtype");
-  at::Tensor out = at::empty({x.size(0), x.size(1), oh, ow}, x.options());
+  const bool accumulate = add_to.numel() > 0;
+  TORCH_CHECK(!accumulate || (add_to.device().is_cpu() && add_to.is_contiguous() &&
+                              add_to.scalar_type() == dtype &&
+                              add_to.sizes() == at::IntArrayRef({x.size(0), x.size(1), oh, ow})),
+              "dysample sampling: add_to must be empty or a contiguous [", x.size(0), ", ",
+              x.size(1), ", ", oh, ", ", ow, "] of x's dtype, got ", add_to.sizes());
+  at::Tensor out = accumulate ? add_to : at::empty({x.size(0), x.size(1), oh, ow}, x.options());
   at::Tensor grid = save_grid ? at::empty({x.size(0), 2, oh, ow}, x.options()) : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(dtype, "dysample_sample_forward_offsets", [&] {
     GridSource<scalar_t> source;
@@ -210,7 +222,7 @@ std::vector<at::Tensor> sample_forward_offsets(const at::Tensor& x, const at::Te
     source.cols = cols;
     source.gated = gated;
     source.save = save_grid ? grid.data_ptr<scalar_t>() : nullptr;
-    run_forward<scalar_t>(x, source, out);
+    run_forward<scalar_t>(x, source, out, accumulate);
   });
   return {out, grid};
 }

@@ -100,7 +100,8 @@ at::Tensor sample_forward(const at::Tensor& x, const at::Tensor& grid);
 std::vector<at::Tensor> sample_forward_offsets(const at::Tensor& x, const at::Tensor& off,
                                                const at::Tensor& bias, const at::Tensor& base,
                                                const at::Tensor& norm, int64_t s, int64_t g,
-                                               bool gated, bool save_grid);
+                                               bool gated, bool save_grid,
+                                               const at::Tensor& add_to);
 // The kernels' code path: "avx2" or "portable"; choice "portable" or "auto" sets it, "" asks.
 std::string kernel_isa(const std::string& choice);
 bool use_avx2();  // whether the kernels run their AVX2 build

@@ -5,6 +5,8 @@ upsampling would sample; ``grid_sample`` then reads the input there. With zero o
 module is exactly ``F.interpolate(x, scale_factor=scale, mode="bilinear")``.
 """
 from functools import lru_cache
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -67,6 +69,10 @@ class DySample(nn.Module):
             release did (their current code has none); only with ``dyscope=True``.
 
     Shapes: input [B, C, H, W] -> output [B, C, s*H, s*W], same dtype as the input.
+
+    ``forward(x, add_to=t)`` adds the upsampled x to ``t`` in place and returns ``t``, as
+    ``t += upsample(x)`` (the FPN's lateral sum, as Detectron2's ResNet blocks do
+    ``out += shortcut``); on CPU the kernel adds as it writes, without a separate output.
     """
 
     def __init__(
@@ -172,10 +178,20 @@ class DySample(nn.Module):
         grid = torch.addcmul(base, offset, norm)
         return grid.reshape(b * self.groups, out_h, out_w, 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, add_to: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """
+        Args:
+            x (Tensor[B, C, H, W])
+            add_to (Tensor[B, C, s*H, s*W], optional): modified in place, see the class doc.
+
+        Returns:
+            Tensor[B, C, s*H, s*W]: the upsampled x, or add_to after the sum.
+        """
         _check_input(x, self.in_channels)
+        if add_to is not None:
+            _check_add_to(add_to, x, self.scale)
         if use_fused(x):  # CPU, eager: one fused autograd Function (layers/sampling.py)
-            return self._forward_fused(x)
+            return self._forward_fused(x, add_to)
         # CUDA, tracing, scripting, export: conv2d + grid_sample, the reference formulation
         b, c, h, w = x.shape
         grid = self.sampling_grid(x)
@@ -187,9 +203,10 @@ class DySample(nn.Module):
             padding_mode="border",
             align_corners=False,
         )
-        return sampled.view(b, c, self.scale * h, self.scale * w).to(x.dtype)
+        sampled = sampled.view(b, c, self.scale * h, self.scale * w).to(x.dtype)
+        return sampled if add_to is None else add_to.add_(sampled)
 
-    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_fused(self, x: torch.Tensor, add_to: Optional[torch.Tensor]) -> torch.Tensor:
         h, w = x.shape[-2:]
         s = self.scale
         grid_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -200,7 +217,7 @@ class DySample(nn.Module):
         # the sampling grid is kept for a backward only
         keep_grid = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
         return FusedDySample.apply(
-            x, weight, bias, base, norm, s, self.groups, self.dyscope, keep_grid
+            x, weight, bias, base, norm, s, self.groups, self.dyscope, keep_grid, add_to
         )
 
     def _offset_matrix(self):
@@ -272,3 +289,16 @@ def _check_input(x: torch.Tensor, in_channels: int) -> None:
             f"(input shape {tuple(x.shape)})"
         )
 
+
+
+def _check_add_to(add_to: torch.Tensor, x: torch.Tensor, scale: int) -> None:
+    if torch.jit.is_tracing():
+        return  # sizes are traced values; the in-place add checks them
+    expected = (x.shape[0], x.shape[1], scale * x.shape[2], scale * x.shape[3])
+    if tuple(add_to.shape) != expected:
+        raise ValueError(
+            f"DySample: add_to must have the output's shape {expected} "
+            f"(input shape {tuple(x.shape)}, scale {scale}), got {tuple(add_to.shape)}"
+        )
+    if add_to.device != x.device:
+        raise ValueError(f"DySample: add_to is on {add_to.device}, the input on {x.device}")

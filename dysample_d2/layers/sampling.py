@@ -85,13 +85,16 @@ class FusedDySample(torch.autograd.Function):
         scale, groups (int), dyscope (bool): as DySample's.
         keep_grid (bool): keep the sampling grid for a backward (False: inference, the
             compiled kernel then never writes it out).
+        add_to (Tensor[B, C, sH, sW] or None): the samples are added to it in place, and it is
+            returned (the compiled kernel adds them as it writes, without a separate output).
 
     Returns:
-        Tensor[B, C, sH, sW] in x's dtype.
+        Tensor[B, C, sH, sW] in x's dtype, or add_to.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, base, norm, scale, groups, dyscope, keep_grid=True):
+    def forward(ctx, x, weight, bias, base, norm, scale, groups, dyscope, keep_grid=True,
+                add_to=None):
         b, c, h, w = x.shape
         s, g = scale, groups
         m = 2 * g * s * s
@@ -108,11 +111,17 @@ class FusedDySample(torch.autograd.Function):
                 off[..., m:].add_(bias[m:].to(gdt))
             off[..., m:].sigmoid_()
         kernel = native.load() if NATIVE else None
+        ctx.has_add_to = add_to is not None
+        if add_to is not None:
+            ctx.mark_dirty(add_to)
+        # the kernel adds into add_to as it writes where add_to is laid out as its output
+        add_in_kernel = (add_to is not None and add_to.dtype == x.dtype == gdt
+                         and add_to.is_contiguous())
         if kernel is not None:  # the grid computed row by row, kept only for a backward
-            no_bias = torch.empty(0, dtype=gdt)
+            empty = torch.empty(0, dtype=gdt)
             out, grid = kernel.sample_forward_offsets(
-                xs, off, no_bias if raw_bias is None else raw_bias, base, norm, s, g, dyscope,
-                keep_grid)
+                xs, off, empty if raw_bias is None else raw_bias, base, norm, s, g, dyscope,
+                keep_grid, add_to.view(b * g, c // g, s * h, s * w) if add_in_kernel else empty)
         else:
             grid = _make_grid(off, raw_bias, base, norm, h, w, s, g, dyscope)
             # bilinear, border, align_corners=False
@@ -121,10 +130,15 @@ class FusedDySample(torch.autograd.Function):
         ctx.save_for_backward(xs, grid, weight, off if dyscope else None, raw_bias)
         bias_rows = (0, None) if bias is None else (bias.numel(), bias.dtype)
         ctx.config = (b, c, h, w, s, g, m, x.dtype, norm, bias_rows)
-        return out.view(b, c, s * h, s * w).to(x.dtype)
+        if add_to is None:
+            return out.view(b, c, s * h, s * w).to(x.dtype)
+        if not (kernel is not None and add_in_kernel):
+            add_to.add_(out.view(b, c, s * h, s * w).to(x.dtype))
+        return add_to
 
     @staticmethod
     def backward(ctx, grad_out):
+        grad_out_in = grad_out  # add_to's gradient
         xs, grid, weight, off, raw_bias = ctx.saved_tensors
         b, c, h, w, s, g, m, in_dtype, norm, (bias_numel, bias_dtype) = ctx.config
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
@@ -163,7 +177,9 @@ class FusedDySample(torch.autograd.Function):
             grad_x.baddbmm_(weight.to(gdt).t().expand(b, c, weight.shape[0]),
                             grad_off.transpose(1, 2))
             grad_x = grad_x.view(b, c, h, w).to(in_dtype)
-        return grad_x, grad_w, grad_b, None, None, None, None, None, None
+        grad_add_to = grad_out_in if ctx.has_add_to and ctx.needs_input_grad[9] else None
+        grads = (grad_x, grad_w, grad_b, None, None, None, None, None, None, grad_add_to)
+        return grads[: len(ctx.needs_input_grad)]  # as many as the arguments given
 
 
 def _make_grid(off, raw_bias, base, norm, h, w, s, g, gated):

@@ -61,7 +61,9 @@ class DySampleFPN(FPN):
             zip(self.lateral_convs[1:], self.output_convs[1:]), start=1
         ):
             lateral_features = lateral_conv(bottom_up_features[self.in_features[-idx - 1]])
-            prev_features = lateral_features + self.upsamplers[idx - 1](prev_features)
+            # lateral_features + upsample(prev_features), summed in place (nothing else uses
+            # the lateral output); the CPU kernel adds as it samples
+            prev_features = self.upsamplers[idx - 1](prev_features, add_to=lateral_features)
             if self._fuse_type == "avg":
                 prev_features = prev_features / 2
             results.insert(0, output_conv(prev_features))
