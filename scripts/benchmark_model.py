@@ -60,25 +60,36 @@ CONFIGS = {
                      "COCO-PanopticSegmentation/panoptic_fpn_R_50_DySamplePlus_1x.yaml"),
 }
 UPSAMPLERS = ("nearest", "DySample", "DySample+")
-# Profiler events of the FPN's upsampling on CPU (eager): nearest interpolation, DySample's
-# Function (its CPU total holds its matmul, grid and sampling) and their backward nodes.
+# Profiler events of the FPN's top-down steps on CPU (eager): nearest interpolation and the sum
+# with the lateral features (aten::add of two [B, C_fpn, H, W]), DySample's Function (its CPU
+# total holds its matmul, grid, sampling and the sum, done in place) and their backward nodes.
 UPSAMPLING_EVENTS = ("aten::upsample_nearest2d", "aten::upsample_nearest2d_backward",
                      "FusedDySample", "FusedDySampleBackward")
 
 
-def upsampling_ms(fn, runs):
+def is_top_down_sum(event, channels):
+    """aten::add of two same-shape [B, channels, H, W] tensors: the FPN's lateral + top-down
+    (the backbone's other adds are in place, ResNet's, or add a [1, C, 1, 1] bias, FrozenBN's)."""
+    shapes = event.input_shapes
+    return (event.key == "aten::add" and len(shapes) >= 2 and len(shapes[0]) == 4
+            and shapes[0] == shapes[1] and shapes[0][1] == channels)
+
+
+def upsampling_ms(fn, runs, channels):
     """
-    CPU time (ms) that `fn` spends in the FPN's upsampling ops, from torch.profiler: the
-    median of `runs` runs, each profiled on its own (one page-faulting run moves a mean).
+    CPU time (ms) that `fn` spends in the FPN's top-down upsampling and sums, from
+    torch.profiler: the median of `runs` runs, each profiled on its own (one page-faulting run
+    moves a mean). channels: the FPN's output channels.
     """
     from torch.profiler import ProfilerActivity, profile
 
     totals = []
     for _ in range(runs):
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             fn()
-        totals.append(sum(e.cpu_time_total for e in prof.key_averages()
-                          if e.key in UPSAMPLING_EVENTS) / 1e3)
+        events = prof.key_averages(group_by_input_shape=True)
+        totals.append(sum(e.cpu_time_total for e in events
+                          if e.key in UPSAMPLING_EVENTS or is_top_down_sum(e, channels)) / 1e3)
     return statistics.median(totals)
 
 
@@ -264,8 +275,9 @@ def measure_arch(arch, args, device):
     if device == "cpu":  # the upsamplers' own time inside the model, free of the convs' noise
         # (medians: single runs of this VM's page-fault-heavy ops vary 2x)
         for row, (model, _) in zip(rows, models):
-            row["infer_upsampling_ms"] = upsampling_ms(lambda: infer(model), 5)
-            row["train_upsampling_ms"] = upsampling_ms(lambda: train(model), 3)
+            channels = model.backbone.output_shape()["p2"].channels
+            row["infer_upsampling_ms"] = upsampling_ms(lambda: infer(model), 5, channels)
+            row["train_upsampling_ms"] = upsampling_ms(lambda: train(model), 3, channels)
     for row in rows:
         row["infer_samples_ms"] = [round(1e3 * t, 2) for t in row.pop("infer")]
         row["train_samples_ms"] = [round(1e3 * t, 2) for t in row.pop("train")]
@@ -325,10 +337,10 @@ def write_markdown(path, rows, info, args):
         "FPN alone, the part whose work the upsampler changes (inference: one image; training: "
         "forward + backward of batch 2, loss = mean of each output level). Latencies: median "
         "(min-max) of the repeats. Upsampling (CPU): torch.profiler's CPU time of the FPN's "
-        "upsampling ops, median of 5 more inferences and of 3 more training iterations, each "
-        "profiled on its own (nearest: "
-        "upsample_nearest2d and its backward; DySample: its autograd Function and backward, "
-        "matmuls and grid included); added: that time minus the nearest model's, as a share "
+        "top-down steps, median of 5 more inferences and of 3 more training iterations, each "
+        "profiled on its own (nearest: upsample_nearest2d, its backward and the sum with the "
+        "lateral features; DySample: its autograd Function and backward, matmuls, grid and "
+        "the sum, done in place, included); added: that time minus the nearest model's, as a share "
         "of the nearest model's median latency. Offsets: mean / max |offset| in input pixels "
         "of the FPN's DySample modules on one image (what the sampling reads depends on "
         "them).", "",

@@ -120,3 +120,39 @@ def test_benchmark_kernel_quick(tmp_path):
     )
     assert result.returncode == 2 and "--offset-px: comma-separated sizes >= 0" in result.stderr
     assert not (tmp_path / "none").exists()
+
+
+def test_model_benchmark_profiles_exactly_the_top_down_steps():
+    """The profiled column's events: per top-down step, nearest's interpolation and its sum with
+    the lateral features (one aten::add each, not the backbone's other adds), DySample's
+    Function (which holds the sum)."""
+    import importlib.util
+
+    import torch
+    from detectron2.modeling import build_backbone
+    from torch.profiler import ProfilerActivity, profile
+
+    from helpers import load_config
+
+    spec = importlib.util.spec_from_file_location(
+        "benchmark_model", os.path.join(REPO, "scripts", "benchmark_model.py"))
+    benchmark_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark_model)
+    counts = {}
+    for name in ("faster_rcnn_R_50_FPN_1x", "faster_rcnn_R_50_DySample_FPN_1x"):
+        cfg = load_config(f"COCO-Detection/{name}.yaml", opts=["MODEL.RESNETS.NORM", "FrozenBN"])
+        model = build_backbone(cfg)
+        # with gradients FrozenBN adds its bias with aten::add (without, it calls batch_norm)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            model(torch.randn(1, 3, 64, 96))
+        events = prof.key_averages(group_by_input_shape=True)
+        counts[name] = {
+            "sums": sum(e.count for e in events if benchmark_model.is_top_down_sum(e, 256)),
+            "upsampling": sum(e.count for e in events if e.key in benchmark_model.UPSAMPLING_EVENTS),
+            "adds": sum(e.count for e in events if e.key == "aten::add"),
+        }
+    assert counts["faster_rcnn_R_50_FPN_1x"]["sums"] == 3  # p4, p3, p2
+    assert counts["faster_rcnn_R_50_FPN_1x"]["upsampling"] == 3
+    assert counts["faster_rcnn_R_50_FPN_1x"]["adds"] > 3  # FrozenBN's bias adds are not counted
+    dysample = counts["faster_rcnn_R_50_DySample_FPN_1x"]
+    assert dysample["sums"] == 0 and dysample["upsampling"] == 3
