@@ -217,15 +217,17 @@ class DySample(nn.Module):
         # the sampling grid is kept for a backward only
         keep_grid = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
         return FusedDySample.apply(
-            x, weight, bias, base, norm, s, self.groups, self.dyscope, keep_grid, add_to
+            x, weight, bias, base, norm, s, self.groups, self.dyscope, keep_grid, add_to,
+            self.style == "pl",
         )
 
     def _offset_matrix(self):
         """
-        The offset (and scope) 1x1 convs as one [M, C] matrix over the input's channels, rows
-        in the lp offset channel order (x|y, group, i, j). For style "pl" the conv reads
-        pixel_shuffle(x), whose channel c' at sub-pixel k = i * s + j is input channel
-        c' * s^2 + k: a block-diagonal matrix over the input channels does the same.
+        The offset (and scope) 1x1 convs as one [R, C'] matrix and the bias of its offset
+        columns in the lp order (x|y, group, i, j). lp: C' = C, R = 2 * groups * s^2 (x2
+        with dyscope). pl: the convs read pixel_shuffle(x), whose channel c' at sub-pixel
+        k = i * s + j is input channel c' * s^2 + k: R = 2 * groups (x2), C' = C / s^2, applied
+        to each sub-pixel's channels by the Function (``pixel_shuffled``).
         """
         weight = self.offset.weight.flatten(1)
         bias = self.offset.bias
@@ -234,10 +236,7 @@ class DySample(nn.Module):
             if self.scope_bias:
                 bias = torch.cat([bias, self.scope.bias])
         if self.style == "pl":
-            s2 = self.scale**2
-            eye = torch.eye(s2, dtype=weight.dtype, device=weight.device)
-            weight = (weight[:, None, :, None] * eye[None, :, None, :]).flatten(0, 1).flatten(1)
-            bias = bias.repeat_interleave(s2)
+            bias = bias.repeat_interleave(self.scale**2)
         return weight, bias
 
 

@@ -10,9 +10,10 @@ and its backward scatters the input gradient one scalar per channel.
 
 * offsets: one ``bmm`` of ``x`` viewed ``[B, H*W, C]`` (a transposed view) with the effective
   weight ``[C, M]``: this orientation ran about a third faster than ``W @ x`` on the AMD EPYC.
-  The module folds style "pl" (pixel_shuffle, then conv) into a block-diagonal weight over the
-  unshuffled channels, so the same matmul serves both styles; DySample+'s scope columns are
-  turned into their sigmoid gates in place;
+  Style "pl" (pixel_shuffle, then conv) is one such product per sub-pixel over the channels
+  that pixel_shuffle would move there, written straight into the lp column order (the pl
+  convs' own FLOPs, a quarter of lp's at scale 2); DySample+'s scope columns are turned into
+  their sigmoid gates in place;
 * grid: the normalized planar grid ``[B*G, 2, sH, sW]`` straight from the matmul output
   (pixel_shuffle, bias, gate, scope factor and normalization folded in): computed row by row
   inside the kernel's forward (``sample_forward_offsets``, written out only for a backward),
@@ -78,6 +79,8 @@ class FusedDySample(torch.autograd.Function):
             float64 inputs, like DySample's grid).
         weight (Tensor[M, C]): offset rows (channel order of DySample's lp offset conv:
             x|y, group, then sub-pixel (i, j)); with ``dyscope`` followed by as many scope rows.
+            With ``pixel_shuffled``: the pl convs' [M / s^2, C / s^2] (rows x|y, group), applied
+            to each sub-pixel's channels (pixel_shuffle without the shuffle).
         bias (Tensor[K] or None): bias of the first K rows: the offset rows
             (K = 2 * groups * scale**2), or with a biased scope conv all of them.
         base (Tensor[sH, sW, 2]): bilinear base grid, normalized, in the grid dtype.
@@ -87,6 +90,7 @@ class FusedDySample(torch.autograd.Function):
             compiled kernel then never writes it out).
         add_to (Tensor[B, C, sH, sW] or None): the samples are added to it in place, and it is
             returned (the compiled kernel adds them as it writes, without a separate output).
+        pixel_shuffled (bool): style "pl"'s weight, see ``weight``.
 
     Returns:
         Tensor[B, C, sH, sW] in x's dtype, or add_to.
@@ -94,7 +98,7 @@ class FusedDySample(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, base, norm, scale, groups, dyscope, keep_grid=True,
-                add_to=None):
+                add_to=None, pixel_shuffled=False):
         b, c, h, w = x.shape
         s, g = scale, groups
         m = 2 * g * s * s
@@ -102,9 +106,8 @@ class FusedDySample(torch.autograd.Function):
         x = x.contiguous()
         xs = x.view(b * g, c // g, h, w).to(gdt)
         xv = xs.view(b, c, h * w)
-        # [B, H*W, M (x2 with dyscope)]: x^T W^T, the faster orientation of this product on CPU
-        off = torch.bmm(xv.transpose(1, 2), weight.to(gdt).t().expand(b, -1, -1))
-        off = off.to(gdt)  # autocast may have run the matmul in half precision
+        sub_pixels = s * s if pixel_shuffled else 1
+        off = _offset_columns(xv, weight.to(gdt), sub_pixels, gdt)
         raw_bias = None if bias is None else bias[:m].to(gdt)
         if dyscope:  # the scope columns become the gates, in place: off = [raw | gate]
             if bias is not None and bias.numel() > m:
@@ -129,7 +132,7 @@ class FusedDySample(torch.autograd.Function):
         ctx.kernel = kernel
         ctx.save_for_backward(xs, grid, weight, off if dyscope else None, raw_bias)
         bias_rows = (0, None) if bias is None else (bias.numel(), bias.dtype)
-        ctx.config = (b, c, h, w, s, g, m, x.dtype, norm, bias_rows)
+        ctx.config = (b, c, h, w, s, g, m, x.dtype, norm, bias_rows, sub_pixels)
         if add_to is None:
             return out.view(b, c, s * h, s * w).to(x.dtype)
         if not (kernel is not None and add_in_kernel):
@@ -140,7 +143,7 @@ class FusedDySample(torch.autograd.Function):
     def backward(ctx, grad_out):
         grad_out_in = grad_out  # add_to's gradient
         xs, grid, weight, off, raw_bias = ctx.saved_tensors
-        b, c, h, w, s, g, m, in_dtype, norm, (bias_numel, bias_dtype) = ctx.config
+        b, c, h, w, s, g, m, in_dtype, norm, (bias_numel, bias_dtype), sub_pixels = ctx.config
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         gdt = xs.dtype
         grad_out = grad_out.to(gdt).contiguous().view(b * g, c // g, s * h, s * w)
@@ -165,21 +168,65 @@ class FusedDySample(torch.autograd.Function):
             grad_scope = grad_off[..., m:]
             torch.mul(grad_raw, raw, out=grad_scope)
             torch.ops.aten.sigmoid_backward.grad_input(grad_scope, gate, grad_input=grad_scope)
-        xv = xs.view(b, c, h * w)
-        grad_x = grad_w = grad_b = None
-        if need_w:  # [B, M', C] summed over the batch
-            grad_w = torch.matmul(grad_off.transpose(1, 2), xv.transpose(1, 2)).sum(0)
-            grad_w = grad_w.to(weight.dtype)
-        if need_b:
-            grad_b = grad_off[..., :bias_numel].sum((0, 1)).to(bias_dtype)
-        if need_x:
-            grad_x = grad_xs.view(b, c, h * w)
-            grad_x.baddbmm_(weight.to(gdt).t().expand(b, c, weight.shape[0]),
-                            grad_off.transpose(1, 2))
-            grad_x = grad_x.view(b, c, h, w).to(in_dtype)
+        grad_b = grad_off[..., :bias_numel].sum((0, 1)).to(bias_dtype) if need_b else None
+        grad_w = _offset_weight_grad(grad_off, xs.view(b, c, h * w), sub_pixels) if need_w else None
+        grad_x = None
+        if need_x:  # the offset branch's input gradient added to the sampling's, in place
+            _add_offset_input_grad(grad_xs.view(b, c, h * w), weight.to(gdt), grad_off, sub_pixels)
+            grad_x = grad_xs.view(b, c, h, w).to(in_dtype)
         grad_add_to = grad_out_in if ctx.has_add_to and ctx.needs_input_grad[9] else None
-        grads = (grad_x, grad_w, grad_b, None, None, None, None, None, None, grad_add_to)
+        grads = (grad_x, None if grad_w is None else grad_w.to(weight.dtype), grad_b,
+                 None, None, None, None, None, None, grad_add_to, None)
         return grads[: len(ctx.needs_input_grad)]  # as many as the arguments given
+
+
+def _offset_columns(xv, weight, sub_pixels, dtype):
+    """
+    The offset (and scope) convs as matmuls: [B, H*W, M'] in the lp column order (row, then
+    sub-pixel k) from x [B, C, H*W] and weight [R, C / sub_pixels], M' = R * sub_pixels.
+    lp (sub_pixels 1): x^T W^T, the faster orientation of this product on CPU. pl: input
+    channel c' * s^2 + k feeds sub-pixel k, one product per image and sub-pixel.
+    """
+    b, c, hw = xv.shape
+    rows = weight.shape[0]
+    if sub_pixels == 1:
+        off = torch.bmm(xv.transpose(1, 2), weight.t().expand(b, -1, -1))
+        return off.to(dtype)  # autocast may have run the matmul in half precision
+    off = torch.empty((b, hw, rows, sub_pixels), dtype=dtype, device=xv.device)
+    per_sub_pixel = xv.view(b, c // sub_pixels, sub_pixels, hw).permute(0, 2, 3, 1)
+    for i in range(b):  # [s^2, H*W, C / s^2] @ [C / s^2, R] -> columns (row, k)
+        off[i].copy_(torch.bmm(per_sub_pixel[i], weight.t().expand(sub_pixels, -1, -1))
+                     .permute(1, 2, 0))
+    return off.view(b, hw, rows * sub_pixels)
+
+
+def _sub_pixel_major(grad_off, sub_pixels):
+    """[B, H*W, R * s^2] (row, k) -> [B, s^2, H*W, R], contiguous."""
+    b, hw, cols = grad_off.shape
+    return grad_off.view(b, hw, cols // sub_pixels, sub_pixels).permute(0, 3, 1, 2).contiguous()
+
+
+def _offset_weight_grad(grad_off, xv, sub_pixels):
+    """d(loss)/d(weight) of `_offset_columns`: [R, C / sub_pixels], summed over the batch."""
+    if sub_pixels == 1:  # [B, M', C] summed over the batch
+        return torch.matmul(grad_off.transpose(1, 2), xv.transpose(1, 2)).sum(0)
+    b, c, hw = xv.shape
+    grad = _sub_pixel_major(grad_off, sub_pixels)
+    per_sub_pixel = xv.view(b, c // sub_pixels, sub_pixels, hw).permute(0, 2, 3, 1)
+    return sum(torch.bmm(grad[i].transpose(1, 2), per_sub_pixel[i]).sum(0) for i in range(b))
+
+
+def _add_offset_input_grad(grad_x, weight, grad_off, sub_pixels):
+    """grad_x [B, C, H*W] += d(loss)/d(x) through `_offset_columns`, in place."""
+    b, c, hw = grad_x.shape
+    if sub_pixels == 1:
+        grad_x.baddbmm_(weight.t().expand(b, c, weight.shape[0]), grad_off.transpose(1, 2))
+        return
+    grad = _sub_pixel_major(grad_off, sub_pixels)
+    per_sub_pixel = grad_x.view(b, c // sub_pixels, sub_pixels, hw).permute(0, 2, 1, 3)
+    weight_t = weight.t().expand(sub_pixels, -1, -1)  # [s^2, C / s^2, R]
+    for i in range(b):  # [s^2, C / s^2, H*W] += W^T [s^2, C / s^2, R] @ [s^2, R, H*W]
+        per_sub_pixel[i].baddbmm_(weight_t, grad[i].transpose(1, 2))
 
 
 def _make_grid(off, raw_bias, base, norm, h, w, s, g, gated):
