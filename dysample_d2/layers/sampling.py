@@ -10,10 +10,10 @@ and its backward scatters the input gradient one scalar per channel.
 
 * offsets: one ``bmm`` of ``x`` viewed ``[B, H*W, C]`` (a transposed view) with the effective
   weight ``[C, M]``: this orientation ran about a third faster than ``W @ x`` on the AMD EPYC.
-  Style "pl" (pixel_shuffle, then conv) is one such product per sub-pixel over the channels
-  that pixel_shuffle would move there, written straight into the lp column order (the pl
-  convs' own FLOPs, a quarter of lp's at scale 2); DySample+'s scope columns are turned into
-  their sigmoid gates in place;
+  Style "pl" (pixel_shuffle, then conv): ``W @ x`` with x viewed ``[B, C / s^2, s^2 * H*W]``,
+  which is the pixel-shuffled input up to the order of its columns, then reordered into the lp
+  column order (the pl convs' own FLOPs, a quarter of lp's at scale 2); DySample+'s scope
+  columns are turned into their sigmoid gates in place;
 * grid: the normalized planar grid ``[B*G, 2, sH, sW]`` straight from the matmul output
   (pixel_shuffle, bias, gate, scope factor and normalization folded in): computed row by row
   inside the kernel's forward (``sample_forward_offsets``, written out only for a backward),
@@ -185,48 +185,46 @@ def _offset_columns(xv, weight, sub_pixels, dtype):
     The offset (and scope) convs as matmuls: [B, H*W, M'] in the lp column order (row, then
     sub-pixel k) from x [B, C, H*W] and weight [R, C / sub_pixels], M' = R * sub_pixels.
     lp (sub_pixels 1): x^T W^T, the faster orientation of this product on CPU. pl: input
-    channel c' * s^2 + k feeds sub-pixel k, one product per image and sub-pixel.
+    channel c' * s^2 + k feeds sub-pixel k, so x viewed [B, C / s^2, s^2 * H*W] is the
+    pixel-shuffled input, up to the order of its columns: W @ that, then reordered.
     """
     b, c, hw = xv.shape
-    rows = weight.shape[0]
     if sub_pixels == 1:
         off = torch.bmm(xv.transpose(1, 2), weight.t().expand(b, -1, -1))
         return off.to(dtype)  # autocast may have run the matmul in half precision
+    rows = weight.shape[0]
+    by_row = torch.matmul(weight, xv.view(b, c // sub_pixels, sub_pixels * hw))  # [B, R, s^2*HW]
     off = torch.empty((b, hw, rows, sub_pixels), dtype=dtype, device=xv.device)
-    per_sub_pixel = xv.view(b, c // sub_pixels, sub_pixels, hw).permute(0, 2, 3, 1)
-    for i in range(b):  # [s^2, H*W, C / s^2] @ [C / s^2, R] -> columns (row, k)
-        off[i].copy_(torch.bmm(per_sub_pixel[i], weight.t().expand(sub_pixels, -1, -1))
-                     .permute(1, 2, 0))
+    off.copy_(by_row.view(b, rows, sub_pixels, hw).permute(0, 3, 1, 2))
     return off.view(b, hw, rows * sub_pixels)
 
 
-def _sub_pixel_major(grad_off, sub_pixels):
-    """[B, H*W, R * s^2] (row, k) -> [B, s^2, H*W, R], contiguous."""
+def _by_row(grad_off, sub_pixels):
+    """[B, H*W, R * s^2] in the lp column order -> [B, R, s^2 * H*W], as pl's W @ x output."""
     b, hw, cols = grad_off.shape
-    return grad_off.view(b, hw, cols // sub_pixels, sub_pixels).permute(0, 3, 1, 2).contiguous()
+    rows = cols // sub_pixels
+    grad = grad_off.view(b, hw, rows, sub_pixels).permute(0, 2, 3, 1).contiguous()
+    return grad.view(b, rows, sub_pixels * hw)
 
 
 def _offset_weight_grad(grad_off, xv, sub_pixels):
     """d(loss)/d(weight) of `_offset_columns`: [R, C / sub_pixels], summed over the batch."""
+    b, c, hw = xv.shape
     if sub_pixels == 1:  # [B, M', C] summed over the batch
         return torch.matmul(grad_off.transpose(1, 2), xv.transpose(1, 2)).sum(0)
-    b, c, hw = xv.shape
-    grad = _sub_pixel_major(grad_off, sub_pixels)
-    per_sub_pixel = xv.view(b, c // sub_pixels, sub_pixels, hw).permute(0, 2, 3, 1)
-    return sum(torch.bmm(grad[i].transpose(1, 2), per_sub_pixel[i]).sum(0) for i in range(b))
+    x_cols = xv.view(b, c // sub_pixels, sub_pixels * hw)
+    return torch.matmul(_by_row(grad_off, sub_pixels), x_cols.transpose(1, 2)).sum(0)
 
 
 def _add_offset_input_grad(grad_x, weight, grad_off, sub_pixels):
     """grad_x [B, C, H*W] += d(loss)/d(x) through `_offset_columns`, in place."""
     b, c, hw = grad_x.shape
+    rows = weight.shape[0]
     if sub_pixels == 1:
-        grad_x.baddbmm_(weight.t().expand(b, c, weight.shape[0]), grad_off.transpose(1, 2))
+        grad_x.baddbmm_(weight.t().expand(b, c, rows), grad_off.transpose(1, 2))
         return
-    grad = _sub_pixel_major(grad_off, sub_pixels)
-    per_sub_pixel = grad_x.view(b, c // sub_pixels, sub_pixels, hw).permute(0, 2, 1, 3)
-    weight_t = weight.t().expand(sub_pixels, -1, -1)  # [s^2, C / s^2, R]
-    for i in range(b):  # [s^2, C / s^2, H*W] += W^T [s^2, C / s^2, R] @ [s^2, R, H*W]
-        per_sub_pixel[i].baddbmm_(weight_t, grad[i].transpose(1, 2))
+    grad_x_cols = grad_x.view(b, c // sub_pixels, sub_pixels * hw)
+    grad_x_cols.baddbmm_(weight.t().expand(b, -1, -1), _by_row(grad_off, sub_pixels))
 
 
 def _make_grid(off, raw_bias, base, norm, h, w, s, g, gated):
