@@ -289,7 +289,6 @@ def _check_input(x: torch.Tensor, in_channels: int) -> None:
         )
 
 
-
 def _check_add_to(add_to: torch.Tensor, x: torch.Tensor, scale: int) -> None:
     if torch.jit.is_tracing():
         return  # sizes are traced values; the in-place add checks them
