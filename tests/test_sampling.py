@@ -297,7 +297,7 @@ def test_add_to_is_the_sum_in_place_bit_for_bit(dtype, style, dyscope, fused, mo
         assert module(x, add_to=add_to) is add_to and torch.equal(add_to, expected)
 
 
-def test_add_to_not_laid_out_as_the_output_is_summed_after(monkeypatch):
+def test_add_to_not_laid_out_as_the_output_is_summed_after():
     """A non-contiguous add_to (here channels-last) still gets the exact sum."""
     module = randomize(DySample(16, 2, "lp", 4, True), std=0.3)
     x = torch.randn(2, 16, 9, 11)

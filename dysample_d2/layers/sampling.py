@@ -118,8 +118,8 @@ class FusedDySample(torch.autograd.Function):
         if add_to is not None:
             ctx.mark_dirty(add_to)
         # the kernel adds into add_to as it writes where add_to is laid out as its output
-        add_in_kernel = (add_to is not None and add_to.dtype == x.dtype == gdt
-                         and add_to.is_contiguous())
+        add_in_kernel = (kernel is not None and add_to is not None
+                         and add_to.dtype == x.dtype == gdt and add_to.is_contiguous())
         if kernel is not None:  # the grid computed row by row, kept only for a backward
             empty = torch.empty(0, dtype=gdt)
             out, grid = kernel.sample_forward_offsets(
@@ -135,7 +135,7 @@ class FusedDySample(torch.autograd.Function):
         ctx.config = (b, c, h, w, s, g, m, x.dtype, norm, bias_rows, sub_pixels)
         if add_to is None:
             return out.view(b, c, s * h, s * w).to(x.dtype)
-        if not (kernel is not None and add_in_kernel):
+        if not add_in_kernel:
             add_to.add_(out.view(b, c, s * h, s * w).to(x.dtype))
         return add_to
 
@@ -169,14 +169,17 @@ class FusedDySample(torch.autograd.Function):
             torch.mul(grad_raw, raw, out=grad_scope)
             torch.ops.aten.sigmoid_backward.grad_input(grad_scope, gate, grad_input=grad_scope)
         grad_b = grad_off[..., :bias_numel].sum((0, 1)).to(bias_dtype) if need_b else None
-        grad_w = _offset_weight_grad(grad_off, xs.view(b, c, h * w), sub_pixels) if need_w else None
-        grad_x = None
+        grad_rows = _gradient_by_row(grad_off, sub_pixels) if need_w or need_x else None
+        grad_x = grad_w = None
+        if need_w:  # [R, C / s^2] summed over the batch
+            x_cols = xs.view(b, c // sub_pixels, sub_pixels * h * w)
+            grad_w = torch.matmul(grad_rows, x_cols.transpose(1, 2)).sum(0).to(weight.dtype)
         if need_x:  # the offset branch's input gradient added to the sampling's, in place
-            _add_offset_input_grad(grad_xs.view(b, c, h * w), weight.to(gdt), grad_off, sub_pixels)
+            grad_x_cols = grad_xs.view(b, c // sub_pixels, sub_pixels * h * w)
+            grad_x_cols.baddbmm_(weight.to(gdt).t().expand(b, -1, -1), grad_rows)
             grad_x = grad_xs.view(b, c, h, w).to(in_dtype)
         grad_add_to = grad_out_in if ctx.has_add_to and ctx.needs_input_grad[9] else None
-        grads = (grad_x, None if grad_w is None else grad_w.to(weight.dtype), grad_b,
-                 None, None, None, None, None, None, grad_add_to, None)
+        grads = (grad_x, grad_w, grad_b, None, None, None, None, None, None, grad_add_to, None)
         return grads[: len(ctx.needs_input_grad)]  # as many as the arguments given
 
 
@@ -199,32 +202,18 @@ def _offset_columns(xv, weight, sub_pixels, dtype):
     return off.view(b, hw, rows * sub_pixels)
 
 
-def _by_row(grad_off, sub_pixels):
-    """[B, H*W, R * s^2] in the lp column order -> [B, R, s^2 * H*W], as pl's W @ x output."""
+def _gradient_by_row(grad_off, sub_pixels):
+    """
+    The offset columns' gradient laid out as the product W @ x would give it: [B, R, s^2*H*W]
+    from [B, H*W, R * s^2] (lp order); for lp (sub_pixels 1) a transposed view, for pl a copy.
+    Then d(weight) = G @ x^T and d(x) = W^T @ G, with x viewed [B, C / s^2, s^2*H*W].
+    """
+    if sub_pixels == 1:
+        return grad_off.transpose(1, 2)
     b, hw, cols = grad_off.shape
     rows = cols // sub_pixels
     grad = grad_off.view(b, hw, rows, sub_pixels).permute(0, 2, 3, 1).contiguous()
     return grad.view(b, rows, sub_pixels * hw)
-
-
-def _offset_weight_grad(grad_off, xv, sub_pixels):
-    """d(loss)/d(weight) of `_offset_columns`: [R, C / sub_pixels], summed over the batch."""
-    b, c, hw = xv.shape
-    if sub_pixels == 1:  # [B, M', C] summed over the batch
-        return torch.matmul(grad_off.transpose(1, 2), xv.transpose(1, 2)).sum(0)
-    x_cols = xv.view(b, c // sub_pixels, sub_pixels * hw)
-    return torch.matmul(_by_row(grad_off, sub_pixels), x_cols.transpose(1, 2)).sum(0)
-
-
-def _add_offset_input_grad(grad_x, weight, grad_off, sub_pixels):
-    """grad_x [B, C, H*W] += d(loss)/d(x) through `_offset_columns`, in place."""
-    b, c, hw = grad_x.shape
-    rows = weight.shape[0]
-    if sub_pixels == 1:
-        grad_x.baddbmm_(weight.t().expand(b, c, rows), grad_off.transpose(1, 2))
-        return
-    grad_x_cols = grad_x.view(b, c // sub_pixels, sub_pixels * hw)
-    grad_x_cols.baddbmm_(weight.t().expand(b, -1, -1), _by_row(grad_off, sub_pixels))
 
 
 def _make_grid(off, raw_bias, base, norm, h, w, s, g, gated):
