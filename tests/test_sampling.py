@@ -311,3 +311,22 @@ def test_gradcheck_with_add_to():
     x = torch.randn(1, 8, 4, 5, dtype=torch.float64, requires_grad=True)
     base = torch.randn(1, 8, 8, 10, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, t: module(x, add_to=t * 1), (x, base))
+
+
+@pytest.mark.parametrize("weight_requires_grad", [False, True])
+@pytest.mark.parametrize("sub_pixels", [1, 4])
+def test_offset_columns_read_x_without_copying_it(sub_pixels, weight_requires_grad):
+    """
+    The offset product reads x where it lies: torch.matmul would fold a weight that requires
+    grad (style pl's conv weight) into a transposed copy of x, 10 ms per 100x168 step here.
+    Style pl's one copy is its [B, H*W, M] output put into the lp column order.
+    """
+    x = torch.randn(2, 64, 6 * 7)
+    weight = torch.randn(8, 64 // sub_pixels, requires_grad=weight_requires_grad)
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        off = sampling._offset_columns(x, weight, sub_pixels, torch.float32)
+    copies = [e.name for e in prof.events() if e.name in ("aten::clone", "aten::copy_")]
+    assert copies == ([] if sub_pixels == 1 else ["aten::copy_"])
+    x_sub_pixels = x.view(2, 64 // sub_pixels, sub_pixels, 42)
+    rows = torch.einsum("rc,bckp->bprk", weight.detach(), x_sub_pixels)
+    assert torch.allclose(off, rows.reshape(2, 42, 8 * sub_pixels), atol=1e-5)

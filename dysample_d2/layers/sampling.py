@@ -196,7 +196,9 @@ def _offset_columns(xv, weight, sub_pixels, dtype):
         off = torch.bmm(xv.transpose(1, 2), weight.t().expand(b, -1, -1))
         return off.to(dtype)  # autocast may have run the matmul in half precision
     rows = weight.shape[0]
-    by_row = torch.matmul(weight, xv.view(b, c // sub_pixels, sub_pixels * hw))  # [B, R, s^2*HW]
+    # bmm, not matmul: matmul folds a weight that requires grad into a transposed copy of x
+    x_cols = xv.view(b, c // sub_pixels, sub_pixels * hw)
+    by_row = torch.bmm(weight.expand(b, -1, -1), x_cols)  # [B, R, s^2*HW]
     off = torch.empty((b, hw, rows, sub_pixels), dtype=dtype, device=xv.device)
     off.copy_(by_row.view(b, rows, sub_pixels, hw).permute(0, 3, 1, 2))
     return off.view(b, hw, rows * sub_pixels)
