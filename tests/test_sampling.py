@@ -318,8 +318,8 @@ def test_gradcheck_with_add_to():
 def test_offset_columns_read_x_without_copying_it(sub_pixels, weight_requires_grad):
     """
     The offset product reads x where it lies: torch.matmul would fold a weight that requires
-    grad (style pl's conv weight) into a transposed copy of x, 10-40 ms per 100x168 step on
-    the project's CPUs.
+    grad (style pl's conv weight) into a transposed copy of x, 30-40 ms per 100x168 step on
+    the Intel Xeon (docs/benchmarks.md, session 6).
     Style pl's one copy is its [B, H*W, M] output put into the lp column order.
     """
     x = torch.randn(2, 64, 6 * 7)
