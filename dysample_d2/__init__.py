@@ -7,6 +7,7 @@ from .modeling import (
     build_resnet_dysample_fpn_backbone,
     build_retinanet_resnet_dysample_fpn_backbone,
 )
+from .modeling import DySampleSemSegFPNHead
 
 __version__ = "0.1.0"
 
@@ -19,4 +20,5 @@ __all__ = [
     "DySampleFPN",
     "build_resnet_dysample_fpn_backbone",
     "build_retinanet_resnet_dysample_fpn_backbone",
+    "DySampleSemSegFPNHead",
 ]

@@ -2,69 +2,115 @@ from detectron2.config import CfgNode as CN
 
 DYSAMPLE_STYLES = ("lp", "pl")
 
+# Config nodes of DySample sites -> (the channel key its GROUPS must divide, the registered
+# names that build DySample from the node). The early check validates a node only where one
+# of those names is selected, so unused nodes never fail a config.
+DYSAMPLE_SITES = {
+    "MODEL.FPN.DYSAMPLE": (
+        "MODEL.FPN.OUT_CHANNELS",
+        ("MODEL.BACKBONE.NAME", ("build_resnet_dysample_fpn_backbone",
+                                 "build_retinanet_resnet_dysample_fpn_backbone")),
+    ),
+    "MODEL.SEM_SEG_HEAD.DYSAMPLE": (
+        "MODEL.SEM_SEG_HEAD.CONVS_DIM",
+        ("MODEL.SEM_SEG_HEAD.NAME", ("DySampleSemSegFPNHead",)),
+    ),
+}
+
+
+def _add_site_keys(node):
+    # "lp": offsets predicted from the low-resolution input; "pl": from the pixel-shuffled
+    # input (a quarter of the offset conv's input channels at scale 2).
+    node.STYLE = "lp"
+    # Channel groups, each with its own sampling positions; must divide the site's channels
+    # (MODEL.FPN.OUT_CHANNELS, MODEL.SEM_SEG_HEAD.CONVS_DIM).
+    node.GROUPS = 4
+    # False: static scope, offsets * 0.25 (DySample); True: dynamic scope (DySample+).
+    node.DYSCOPE = False
+    # True gives DySample+'s scope conv a bias, as in the authors' first dysample.py release
+    # (for checkpoints trained with it); needs DYSCOPE True.
+    node.SCOPE_BIAS = False
+
 
 def add_dysample_config(cfg):
     """
-    Add the DySample-FPN keys to a Detectron2 config (in place).
+    Add the DySample keys to a Detectron2 config (in place), the same four at each site:
 
-    MODEL.FPN.DYSAMPLE.STYLE:   "lp" (offsets predicted at low resolution) or "pl".
-    MODEL.FPN.DYSAMPLE.GROUPS:  channel groups, each with its own sampling positions;
-                                must divide MODEL.FPN.OUT_CHANNELS.
-    MODEL.FPN.DYSAMPLE.DYSCOPE: False: static scope (DySample); True: dynamic scope
-                                (DySample+).
-    MODEL.FPN.DYSAMPLE.SCOPE_BIAS: True gives DySample+'s scope conv a bias, as in the
-                                authors' first dysample.py release (for checkpoints trained
-                                with it); needs DYSCOPE True.
+    MODEL.FPN.DYSAMPLE.*:          the upsamplers of DySample-FPN's top-down pathway
+                                   (MODEL.BACKBONE.NAME build_resnet_dysample_fpn_backbone or
+                                   build_retinanet_resnet_dysample_fpn_backbone).
+    MODEL.SEM_SEG_HEAD.DYSAMPLE.*: the 2x upsamplers of the semantic FPN head's scale heads
+                                   (MODEL.SEM_SEG_HEAD.NAME DySampleSemSegFPNHead).
+
+    Each node has STYLE ("lp" or "pl"), GROUPS (must divide the site's channels), DYSCOPE
+    (False: DySample, True: DySample+) and SCOPE_BIAS (a bias on DySample+'s scope conv).
     """
     cfg.MODEL.FPN.DYSAMPLE = CN()
-    cfg.MODEL.FPN.DYSAMPLE.STYLE = "lp"
-    cfg.MODEL.FPN.DYSAMPLE.GROUPS = 4
-    cfg.MODEL.FPN.DYSAMPLE.DYSCOPE = False
-    cfg.MODEL.FPN.DYSAMPLE.SCOPE_BIAS = False
+    _add_site_keys(cfg.MODEL.FPN.DYSAMPLE)
+    cfg.MODEL.SEM_SEG_HEAD.DYSAMPLE = CN()
+    _add_site_keys(cfg.MODEL.SEM_SEG_HEAD.DYSAMPLE)
 
 
-def dysample_kwargs_from_config(cfg) -> dict:
+def _get(cfg, key: str):
+    """The value of dotted `key` in `cfg` (KeyError naming the missing part)."""
+    node = cfg
+    for part in key.split("."):
+        if part not in node:
+            raise KeyError(
+                f"{key} is missing from the config: call dysample_d2.add_dysample_config(cfg) "
+                "before merging the config file."
+            )
+        node = node[part]
+    return node
+
+
+def dysample_kwargs_from_config(cfg, site: str = "MODEL.FPN.DYSAMPLE") -> dict:
     """
-    Read and validate MODEL.FPN.DYSAMPLE.*, raising with the key name and allowed values.
+    Read and validate the DySample keys of one site (a key of DYSAMPLE_SITES; default the
+    FPN's), raising with the key name and allowed values.
 
     Returns:
         dict with keys style, groups, dyscope, scope_bias (DySample's constructor arguments).
     """
-    if "DYSAMPLE" not in cfg.MODEL.FPN:
-        raise KeyError(
-            "MODEL.FPN.DYSAMPLE is missing from the config: call "
-            "dysample_d2.add_dysample_config(cfg) before merging the config file."
-        )
-    node = cfg.MODEL.FPN.DYSAMPLE
-    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+    if site not in DYSAMPLE_SITES:
+        raise KeyError(f"unknown DySample site {site!r}; allowed: {list(DYSAMPLE_SITES)}")
+    channels_key = DYSAMPLE_SITES[site][0]
+    node = _get(cfg, site)
+    channels = _get(cfg, channels_key)
     if node.STYLE not in DYSAMPLE_STYLES:
         raise ValueError(
-            f"MODEL.FPN.DYSAMPLE.STYLE must be one of {list(DYSAMPLE_STYLES)}, got {node.STYLE!r}"
+            f"{site}.STYLE must be one of {list(DYSAMPLE_STYLES)}, got {node.STYLE!r}"
         )
     groups = node.GROUPS
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f"MODEL.FPN.DYSAMPLE.GROUPS must be an int >= 1, got {groups!r}")
-    if out_channels % groups != 0:
-        divisors = [d for d in range(1, out_channels + 1) if out_channels % d == 0]
+        raise ValueError(f"{site}.GROUPS must be an int >= 1, got {groups!r}")
+    if channels % groups != 0:
+        divisors = [d for d in range(1, channels + 1) if channels % d == 0]
         raise ValueError(
-            f"MODEL.FPN.DYSAMPLE.GROUPS={groups} must divide MODEL.FPN.OUT_CHANNELS="
-            f"{out_channels}; allowed values: {divisors}"
+            f"{site}.GROUPS={groups} must divide {channels_key}={channels}; "
+            f"allowed values: {divisors}"
         )
-    if node.STYLE == "pl" and out_channels % 4 != 0:
+    if node.STYLE == "pl" and channels % 4 != 0:
         raise ValueError(
-            f"MODEL.FPN.DYSAMPLE.STYLE='pl' needs MODEL.FPN.OUT_CHANNELS divisible by 4 "
-            f"(scale 2 squared), got {out_channels}"
+            f"{site}.STYLE='pl' needs {channels_key} divisible by 4 (scale 2 squared), "
+            f"got {channels}"
         )
-    if not isinstance(node.DYSCOPE, bool):
-        raise ValueError(f"MODEL.FPN.DYSAMPLE.DYSCOPE must be true or false, got {node.DYSCOPE!r}")
-    if not isinstance(node.SCOPE_BIAS, bool):
-        raise ValueError(
-            f"MODEL.FPN.DYSAMPLE.SCOPE_BIAS must be true or false, got {node.SCOPE_BIAS!r}"
-        )
+    for flag in ("DYSCOPE", "SCOPE_BIAS"):
+        if not isinstance(node[flag], bool):
+            raise ValueError(f"{site}.{flag} must be true or false, got {node[flag]!r}")
     if node.SCOPE_BIAS and not node.DYSCOPE:
         raise ValueError(
-            "MODEL.FPN.DYSAMPLE.SCOPE_BIAS True needs MODEL.FPN.DYSAMPLE.DYSCOPE True "
-            "(only DySample+ has a scope conv)"
+            f"{site}.SCOPE_BIAS True needs {site}.DYSCOPE True (only DySample+ has a scope conv)"
         )
     return {"style": node.STYLE, "groups": groups, "dyscope": node.DYSCOPE,
             "scope_bias": node.SCOPE_BIAS}
+
+
+def check_dysample_config(cfg) -> None:
+    """
+    Validate the DySample keys of every site the config selects (see DYSAMPLE_SITES), before
+    any model is built or any file written; raises as :func:`dysample_kwargs_from_config`.
+    """
+    for site, (_channels, (name_key, names)) in DYSAMPLE_SITES.items():
+        if _get(cfg, name_key) in names:
+            dysample_kwargs_from_config(cfg, site)
