@@ -2,9 +2,12 @@
 """
 Write a small synthetic dataset in the COCO 2017 layout to DATASETS_DIR/coco, loadable by
 Detectron2's builtin names (coco_2017_train, coco_2017_val_panoptic_separated, ...) with
-``DETECTRON2_DATASETS=DATASETS_DIR``. Rerunning with the same arguments reuses the dataset.
+``DETECTRON2_DATASETS=DATASETS_DIR``; with --ade20k also one in the ADE20K layout to
+DATASETS_DIR/ADEChallengeData2016 (ade20k_sem_seg_train, ade20k_sem_seg_val). Rerunning with
+the same arguments reuses the datasets.
 
     python scripts/make_coco_dataset.py --root datasets --train-images 64 --val-images 16
+    python scripts/make_coco_dataset.py --root datasets --ade20k
 """
 
 import argparse
@@ -59,9 +62,15 @@ def get_parser() -> argparse.ArgumentParser:
         "--seed", type=_int_in(0, 2**63 - 1), default=0, help="random seed (default: 0)"
     )
     parser.add_argument(
+        "--ade20k",
+        action="store_true",
+        help="also write DATASETS_DIR/ADEChallengeData2016 (ADE20K layout, 150 classes) with "
+        "the same arguments, for the semantic segmentation configs",
+    )
+    parser.add_argument(
         "--force",
         action="store_true",
-        help="regenerate even if DATASETS_DIR/coco was made with these arguments",
+        help="regenerate even if the dataset directories were made with these arguments",
     )
     return parser
 
@@ -73,24 +82,29 @@ def main(argv=None) -> int:
         parser.error(f"argument --root: {args.root!r} exists and is not a directory")
     # Imported after parsing: bad arguments fail fast, without importing torch/detectron2.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from dysample_d2.data import generate_synthetic_coco
+    from dysample_d2.data import generate_synthetic_ade20k, generate_synthetic_coco
 
     logging.basicConfig(level=logging.WARNING)
-    try:
-        coco_dir, reused = generate_synthetic_coco(
-            args.root, args.train_images, args.val_images, args.size, args.seed, force=args.force
-        )
-    except (ValueError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if reused:
-        print(
-            f"Reusing existing synthetic COCO dataset at {coco_dir} (same arguments; "
-            "--force regenerates)."
-        )
-    else:
-        print(f"Wrote synthetic COCO dataset to {coco_dir}.")
-    print(f"Use it with: export DETECTRON2_DATASETS={os.path.dirname(coco_dir)}")
+    generators = [("COCO", generate_synthetic_coco)]
+    if args.ade20k:
+        generators.append(("ADE20K", generate_synthetic_ade20k))
+    for kind, generate in generators:
+        try:
+            dataset_dir, reused = generate(
+                args.root, args.train_images, args.val_images, args.size, args.seed,
+                force=args.force,
+            )
+        except (ValueError, FileExistsError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if reused:
+            print(
+                f"Reusing existing synthetic {kind} dataset at {dataset_dir} (same arguments; "
+                "--force regenerates)."
+            )
+        else:
+            print(f"Wrote synthetic {kind} dataset to {dataset_dir}.")
+    print(f"Use it with: export DETECTRON2_DATASETS={os.path.dirname(dataset_dir)}")
     return 0
 
 

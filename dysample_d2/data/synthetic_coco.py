@@ -17,10 +17,7 @@ Panoptic PNGs sit in ``coco/panoptic_*2017`` (what builtin.py reads), not in
 """
 
 import json
-import logging
 import os
-import shutil
-import tempfile
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -33,13 +30,10 @@ from .synthetic_check import (
     tight_box,
     validate_coco_dir,
 )
+from .synthetic_dir import MANIFEST_NAME, read_manifest, write_dataset_dir
 from .synthetic_draw import THING_STYLES, coco_categories, render_scene
 
-__all__ = ["generate_synthetic_coco", "MANIFEST_NAME"]
-
-logger = logging.getLogger(__name__)
-
-MANIFEST_NAME = "synthetic_manifest.json"
+__all__ = ["generate_synthetic_coco", "check_arguments", "MANIFEST_NAME", "read_manifest"]
 GENERATOR_VERSION = 1
 # split -> (first image id, seed stream). Disjoint image ids, as in real COCO.
 SPLITS = {"train2017": (1, 0), "val2017": (900_001, 1)}
@@ -165,15 +159,6 @@ def _file_counts(coco_dir: str) -> Dict[str, int]:
     }
 
 
-def read_manifest(coco_dir: str):
-    """The manifest dict of a generated dataset, or None if `coco_dir` has none (or it is bad)."""
-    try:
-        with open(os.path.join(coco_dir, MANIFEST_NAME)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def check_arguments(train_images: int, val_images: int, size: int, seed: int) -> None:
     """Raises ValueError naming the first bad argument."""
     for name, value, lo, hi in (
@@ -218,50 +203,11 @@ def generate_synthetic_coco(
         "seed": int(seed),
         "thing_classes": list(THING_STYLES),
     }
-    root = os.path.abspath(os.path.expanduser(root))
-    coco_dir = os.path.join(root, "coco")
-    if os.path.lexists(coco_dir):
-        manifest = read_manifest(coco_dir)
-        if manifest is None:
-            raise FileExistsError(
-                f"{coco_dir} exists but has no {MANIFEST_NAME}: it was not written by this "
-                "generator (a real COCO dataset or another one is there); remove it yourself "
-                "or use another root"
-            )
-        same = manifest.get("settings") == settings
-        complete = manifest.get("files") == _file_counts(coco_dir)
-        if same and complete and not force:
-            logger.info("Reusing synthetic COCO dataset at %s (same arguments).", coco_dir)
-            return coco_dir, True
-        if not same and not force:
-            raise FileExistsError(
-                f"{coco_dir} holds a synthetic dataset made with other arguments "
-                f"{manifest.get('settings')}; pass force=True (--force) to replace it"
-            )
 
-    os.makedirs(root, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=".coco-synthetic-tmp-", dir=root)
-    old_dir = None
-    try:
-        os.chmod(tmp_dir, 0o755)  # mkdtemp makes it private; it becomes root/coco
-        os.makedirs(os.path.join(tmp_dir, "annotations"))
-        next_ann_id = _write_split(tmp_dir, "train2017", train_images, size, seed, 1)
-        _write_split(tmp_dir, "val2017", val_images, size, seed, next_ann_id)
-        validate_coco_dir(tmp_dir, list(SPLITS))
-        manifest = {"generator": __name__, "settings": settings, "files": _file_counts(tmp_dir)}
-        with open(os.path.join(tmp_dir, MANIFEST_NAME), "w") as f:  # last: marks completion
-            json.dump(manifest, f, indent=1)
-        if os.path.lexists(coco_dir):  # ours (checked above): move aside, then swap in
-            old_dir = tempfile.mkdtemp(prefix=".coco-synthetic-old-", dir=root)
-            os.rename(coco_dir, os.path.join(old_dir, "coco"))
-        os.rename(tmp_dir, coco_dir)
-    except BaseException:
-        if old_dir is not None and not os.path.lexists(coco_dir):  # put the old one back
-            os.rename(os.path.join(old_dir, "coco"), coco_dir)
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    finally:
-        if old_dir is not None and os.path.lexists(coco_dir):
-            shutil.rmtree(old_dir, ignore_errors=True)
-    logger.info("Wrote synthetic COCO dataset to %s.", coco_dir)
-    return coco_dir, False
+    def write(coco_dir):
+        os.makedirs(os.path.join(coco_dir, "annotations"))
+        next_ann_id = _write_split(coco_dir, "train2017", train_images, size, seed, 1)
+        _write_split(coco_dir, "val2017", val_images, size, seed, next_ann_id)
+        validate_coco_dir(coco_dir, list(SPLITS))
+
+    return write_dataset_dir(root, "coco", settings, write, _file_counts, __name__, force)
