@@ -48,7 +48,9 @@ class DySampleSemSegFPNHead(SemSegFPNHead):
             style, groups, dyscope, scope_bias: as for :class:`DySample`; every upsampler has
                 ``conv_dims`` channels and scale 2.
         """
-        super().__init__(input_shape, conv_dims=conv_dims, **kwargs)
+        # input_shape by keyword: a lazy config passes a DictConfig, which configurable would
+        # take for a cfg if it came first
+        super().__init__(input_shape=input_shape, conv_dims=conv_dims, **kwargs)
         for head in self.scale_heads:
             for index, op in enumerate(head):
                 if isinstance(op, nn.Upsample):
