@@ -191,6 +191,48 @@ def test_lazy_head_is_the_yacs_head():
     assert all(m.groups == 8 for m in head.modules() if isinstance(m, DySample))
 
 
+LAZY_PANOPTIC = "COCO-PanopticSegmentation/panoptic_fpn_R_50_DySample_FPN_head_1x.py"
+
+
+def test_lazy_panoptic_config_changes_only_the_upsamplers_and_trains():
+    import re
+
+    from detectron2 import model_zoo
+    from detectron2.config import LazyConfig, instantiate
+
+    from dysample_d2.modeling.lazy import check_dysample_arguments
+
+    cfg = LazyConfig.load(config_path(LAZY_PANOPTIC))
+    zoo = model_zoo.get_config("COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.py")
+    head, zoo_head = cfg.model.sem_seg_head, zoo.model.sem_seg_head
+    assert head._target_ is DySampleSemSegFPNHead and zoo_head._target_ is SemSegFPNHead
+    assert {k: v for k, v in head.items() if k != "_target_"} == dict(
+        {k: v for k, v in zoo_head.items() if k != "_target_"},
+        style="lp", groups=4, dyscope=False, scope_bias=False)
+    with open(config_path(LAZY_PANOPTIC)) as f:
+        stated = int(re.search(r"DySample parameters: ([\d,]+)", f.read()).group(1).replace(",", ""))
+
+    bottom_up = cfg.model.backbone.bottom_up  # tiny: GroupNorm (random-init FrozenBN diverges)
+    bottom_up.stem.norm = bottom_up.stages.norm = "GN"
+    cfg.model.proposal_generator.pre_nms_topk = cfg.model.proposal_generator.post_nms_topk = (
+        50, 50)
+    cfg.model.roi_heads.batch_size_per_image = 32
+    torch.manual_seed(0)
+    model = instantiate(cfg.model)
+    upsamplers = [m for m in model.modules() if isinstance(m, DySample)]
+    assert stated == sum(p.numel() for m in upsamplers for p in m.parameters()) == 49440
+    model.train()
+    with EventStorage():
+        losses = model(synthetic_batch(None, batch_size=2, height=64, width=96))
+    sum(losses.values()).backward()
+    assert all(m.offset.weight.grad.abs().sum() > 0 for m in upsamplers)
+
+    bad = LazyConfig.apply_overrides(LazyConfig.load(config_path(LAZY_PANOPTIC)),
+                                     ["model.sem_seg_head.groups=3"])
+    with pytest.raises(ValueError, match=r"model.sem_seg_head: DySample: groups=3 must divide"):
+        check_dysample_arguments(bad)
+
+
 # --- the ADE20K-layout synthetic dataset ---------------------------------------------------
 
 @pytest.fixture(scope="module")
