@@ -3,15 +3,29 @@ from .checkpoint import (
     CheckpointMismatchError,
     load_exact_checkpoint,
 )
-from .config import setup_config
 from .checks import check_config_file, check_datasets, check_weights
+from .config import setup_config
+from .evaluation import build_evaluator, evaluate_lazy
+from .lazy_config import setup_lazy_config
+from .lazy_run import LazyRun
+from .setup import setup_run
+from .training import build_step_trainer
+from .yacs_run import Trainer, YacsRun
 
 __all__ = [
     "AtomicDetectionCheckpointer",
     "CheckpointMismatchError",
     "load_exact_checkpoint",
-    "setup_config",
     "check_config_file",
     "check_datasets",
     "check_weights",
+    "setup_config",
+    "build_evaluator",
+    "evaluate_lazy",
+    "setup_lazy_config",
+    "LazyRun",
+    "setup_run",
+    "build_step_trainer",
+    "Trainer",
+    "YacsRun",
 ]

@@ -1,54 +1,72 @@
 import os
 import tempfile
 
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
+
+from .checks import check_weights
 
 
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint whose tensors do not cover the model exactly."""
 
 
+class _AtomicFile:
+    """A file opened for writing at a temporary name next to ``path``, renamed onto ``path``
+    when its ``with`` block ends without an exception and removed when one is raised."""
+
+    def __init__(self, path: str, mode: str):
+        self._path = path
+        fd, self._tmp_path = tempfile.mkstemp(
+            dir=os.path.dirname(os.path.abspath(path)), prefix=f".{os.path.basename(path)}."
+        )
+        self._file = os.fdopen(fd, mode)
+
+    def __getattr__(self, name):  # write, flush, tell, ... of the temporary file
+        return getattr(self._file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            self._file.close()
+            if exc_type is None:
+                os.replace(self._tmp_path, self._path)
+        finally:
+            if os.path.exists(self._tmp_path):
+                os.remove(self._tmp_path)
+
+
+class _AtomicWritesPathManager:
+    """A PathManager whose writes to local files go through :class:`_AtomicFile`; every
+    other call (reads, remote paths, ls, rm) is the wrapped PathManager's."""
+
+    def __init__(self, path_manager):
+        self._path_manager = path_manager
+
+    def __getattr__(self, name):
+        return getattr(self._path_manager, name)
+
+    def open(self, path: str, mode: str = "r", **kwargs):
+        if "w" in mode and "://" not in path and not kwargs:
+            return _AtomicFile(path, mode)
+        return self._path_manager.open(path, mode, **kwargs)
+
+
 class AtomicDetectionCheckpointer(DetectionCheckpointer):
     """
     :class:`DetectionCheckpointer` whose checkpoints and ``last_checkpoint`` tag are written
     to a temporary file and renamed into place: an interrupted save never leaves a
-    truncated ``model_*.pth`` behind or a tag pointing at one.
+    truncated ``model_*.pth`` behind or a tag pointing at one. fvcore's checkpointer writes
+    every file through its ``path_manager``, which is where the temporary file comes in.
     """
 
-    def save(self, name: str, **kwargs) -> None:
-        if not self.save_dir or not self.save_to_disk:
-            return
-        if not os.path.isdir(self.save_dir):  # a remote PathManager location
-            return super().save(name, **kwargs)
-        data = {"model": self.model.state_dict()}
-        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
-        data.update(kwargs)
-        basename = f"{name}.pth"
-        self.logger.info(f"Saving checkpoint to {os.path.join(self.save_dir, basename)}")
-        _atomic_write(os.path.join(self.save_dir, basename), lambda f: torch.save(data, f))
-        self.tag_last_checkpoint(basename)
-
-    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        if not os.path.isdir(self.save_dir):
-            return super().tag_last_checkpoint(last_filename_basename)
-        path = os.path.join(self.save_dir, "last_checkpoint")
-        _atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
-
-
-def _atomic_write(path, write_fn):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.path_manager = _AtomicWritesPathManager(self.path_manager)
 
 
 class _RecordingCheckpointer(DetectionCheckpointer):
@@ -59,19 +77,19 @@ class _RecordingCheckpointer(DetectionCheckpointer):
         return self.incompatible
 
 
-def load_exact_checkpoint(model, path: str) -> None:
+def load_exact_checkpoint(model, path: str, key: str = "MODEL.WEIGHTS") -> None:
     """
     Load ``path`` (a file or URL Detectron2 understands) into ``model``, requiring every
     parameter and buffer to be present with the right shape and nothing left over.
     Detectron2's checkpointer only logs such problems; evaluating a half-random model
-    silently is worse than stopping.
+    silently is worse than stopping. ``key`` is the config key that named ``path`` (e.g.
+    ``train.init_checkpoint`` in lazy configs), for the messages.
 
     Raises:
         FileNotFoundError: the checkpoint file does not exist.
         CheckpointMismatchError: listing missing, unexpected and mis-shaped keys.
     """
-    if "://" not in path and not os.path.isfile(path):
-        raise FileNotFoundError(f"MODEL.WEIGHTS: checkpoint file {path!r} does not exist")
+    check_weights(path, required=True, key=key)
     checkpointer = _RecordingCheckpointer(model)
     checkpointer.load(path, checkpointables=[])
     incompatible = checkpointer.incompatible
@@ -80,8 +98,8 @@ def load_exact_checkpoint(model, path: str) -> None:
         problems.append("missing in the checkpoint: " + ", ".join(incompatible.missing_keys))
     if incompatible.unexpected_keys:
         problems.append("not in the model: " + ", ".join(incompatible.unexpected_keys))
-    for key, shape_ckpt, shape_model in incompatible.incorrect_shapes:
-        problems.append(f"{key}: shape {tuple(shape_ckpt)} in the checkpoint, "
+    for name, shape_ckpt, shape_model in incompatible.incorrect_shapes:
+        problems.append(f"{name}: shape {tuple(shape_ckpt)} in the checkpoint, "
                         f"{tuple(shape_model)} in the model")
     scope_bias = [k for k in incompatible.unexpected_keys + incompatible.missing_keys
                   if k.endswith(".scope.bias")]
@@ -89,10 +107,10 @@ def load_exact_checkpoint(model, path: str) -> None:
         present = scope_bias[0] in incompatible.unexpected_keys
         problems.append(
             f"the checkpoint's DySample+ scope convs {'have' if present else 'lack'} a bias: "
-            f"set MODEL.FPN.DYSAMPLE.SCOPE_BIAS {present}"
+            f"set MODEL.FPN.DYSAMPLE.SCOPE_BIAS {present} (scope_bias={present} in lazy configs)"
         )
     if problems:
         raise CheckpointMismatchError(
-            f"MODEL.WEIGHTS={path!r} does not match the model built from the config "
+            f"{key}={path!r} does not match the model built from the config "
             "(wrong config for this checkpoint?):\n  " + "\n  ".join(problems)
         )

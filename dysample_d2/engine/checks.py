@@ -18,14 +18,15 @@ def check_config_file(path: str) -> None:
         raise FileNotFoundError(f"--config-file {path!r} does not exist")
 
 
-def check_datasets(names) -> None:
-    """Each dataset name is registered and the files its metadata names exist."""
+def check_datasets(names, key: str = "DATASETS.TRAIN/TEST") -> None:
+    """Each dataset name (from the config's ``key``) is registered and the files its
+    metadata names exist."""
     registered = set(DatasetCatalog.list())
     root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
     for name in names:
         if name not in registered:
             raise KeyError(
-                f"dataset {name!r} (DATASETS.TRAIN/TEST) is not registered; registered "
+                f"dataset {name!r} ({key}) is not registered; registered "
                 f"COCO names include: {sorted(n for n in registered if n.startswith('coco_2017'))}"
             )
         meta = MetadataCatalog.get(name)
@@ -37,11 +38,13 @@ def check_datasets(names) -> None:
                 )
 
 
-def check_weights(path: str, required: bool) -> None:
-    """MODEL.WEIGHTS must exist if it is a local file (and be given when `required`)."""
+def check_weights(path: str, required: bool, key: str = "MODEL.WEIGHTS") -> None:
+    """The checkpoint the config's ``key`` names must exist if it is a local file (and be
+    given when ``required``). Lazy config keys (lower case) are set as key=value."""
     if not path:
         if required:
-            raise ValueError("--eval-only needs a checkpoint: add MODEL.WEIGHTS path/to/model.pth")
+            option = f"{key}=" if key.islower() else f"{key} "
+            raise ValueError(f"--eval-only needs a checkpoint: add {option}path/to/model.pth")
         return
     if "://" not in path and not os.path.isfile(path):
-        raise FileNotFoundError(f"MODEL.WEIGHTS: checkpoint file {path!r} does not exist")
+        raise FileNotFoundError(f"{key}: checkpoint file {path!r} does not exist")

@@ -1,30 +1,87 @@
+"""Building a YACS config from a file and ``KEY VALUE`` options, with early, precise errors."""
+import difflib
 import logging
+import re
 
 import torch
-from detectron2.config import get_cfg
+from detectron2.config import CfgNode, get_cfg
 
-from ..config import add_dysample_config
+from ..config import add_dysample_config, dysample_kwargs_from_config
 from .checks import check_config_file
 
+logger = logging.getLogger(__name__)
 
-def setup_config(config_file: str, opts=()):
+
+def closest_key(key: str, valid_keys) -> str:
+    """' (did you mean X?)' for the valid key most like ``key``, or '' if none is close."""
+    valid_keys = list(valid_keys)
+    # Compare whole dotted names, and also the last component among the keys that share
+    # key's parent (a typo in the last component is the usual case).
+    parent = key.rpartition(".")[0]
+    siblings = [k for k in valid_keys if k.rpartition(".")[0] == parent]
+    for candidates in (siblings, valid_keys):
+        match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+        if match:
+            return f" (did you mean {match[0]}?)"
+    return ""
+
+
+def _yacs_keys(node: CfgNode, prefix=""):
+    for name, value in node.items():
+        if isinstance(value, CfgNode):
+            yield from _yacs_keys(value, prefix + name + ".")
+        else:
+            yield prefix + name
+
+
+def _unknown_key_error(err: Exception, cfg: CfgNode, source: str) -> KeyError:
+    message = str(err.args[0]) if err.args else str(err)
+    found = re.search(r"Non-existent (?:config )?key: ([\w.]+)", message)
+    hint = closest_key(found.group(1), _yacs_keys(cfg)) if found else ""
+    return KeyError(f"{source}: {message}{hint}")
+
+
+def setup_config(config_file: str, opts=(), *, freeze: bool = True) -> CfgNode:
     """
-    A Detectron2 config with the DySample keys, merged from ``config_file`` and ``opts``
-    (KEY VALUE pairs); unknown keys raise KeyError naming the key and where it came from.
-    MODEL.DEVICE "cuda" falls back to "cpu" (with a warning) on machines without CUDA.
+    The Detectron2 config (with the DySample keys) of ``config_file`` merged with ``opts``,
+    a flat list of ``KEY VALUE`` pairs as train_net.py takes them on its command line.
+
+    Errors are raised before anything is built: a missing file; an unknown key, naming the
+    key, where it came from and the closest valid key; a value of the wrong type; DySample
+    values that are not allowed (naming the key and the allowed values).
+    Without CUDA, ``MODEL.DEVICE cuda`` becomes ``cpu``, and on CPU ``SOLVER.AMP.ENABLED``
+    becomes false (Detectron2's AMP needs CUDA), each with a warning: the configs run as
+    written on any machine.
+
+    Args:
+        freeze: return the config frozen (as train_net.py uses it); False for callers that
+            set further keys in code.
     """
     check_config_file(config_file)
     cfg = get_cfg()
     add_dysample_config(cfg)
-    try:
-        cfg.merge_from_file(config_file)
-    except (KeyError, AssertionError) as e:
-        raise KeyError(f"--config-file {config_file}: {e}") from e
-    try:
-        cfg.merge_from_list(list(opts))
-    except (KeyError, AssertionError) as e:  # YACS asserts on unknown command-line keys
-        raise KeyError(f"command-line config options: {e}") from e
+    opts = [str(o) for o in opts]
+    if len(opts) % 2:
+        raise ValueError(f"config options must be KEY VALUE pairs, got an odd number: {opts}")
+    for source, merge, arg in ((f"--config-file {config_file}", cfg.merge_from_file, config_file),
+                               ("command-line config options", cfg.merge_from_list, opts)):
+        try:
+            merge(arg)
+        except KeyError as e:
+            raise _unknown_key_error(e, cfg, source) from e
+        except AssertionError as e:  # YACS asserts on unknown command-line keys
+            if "Non-existent" not in str(e):
+                raise ValueError(f"{source}: {e}") from e
+            raise _unknown_key_error(e, cfg, source) from e
+        except ValueError as e:  # a value of the wrong type
+            raise ValueError(f"{source}: {e}") from e
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logging.getLogger(__name__).warning("CUDA is not available: MODEL.DEVICE set to cpu")
+        logger.warning("CUDA is not available: MODEL.DEVICE set to cpu")
         cfg.MODEL.DEVICE = "cpu"
+    if cfg.MODEL.DEVICE == "cpu" and cfg.SOLVER.AMP.ENABLED:
+        logger.warning("SOLVER.AMP.ENABLED set to False (Detectron2's AMP needs CUDA)")
+        cfg.SOLVER.AMP.ENABLED = False
+    dysample_kwargs_from_config(cfg)  # validates MODEL.FPN.DYSAMPLE.*
+    if freeze:
+        cfg.freeze()
     return cfg

@@ -1,0 +1,122 @@
+"""Loading a LazyConfig (.py) file with ``key=value`` overrides, refusing bad overrides early."""
+import inspect
+import logging
+
+import torch
+from detectron2.config import LazyConfig
+from detectron2.utils.registry import locate
+from omegaconf import OmegaConf
+
+from .checks import check_config_file
+from .config import closest_key
+
+logger = logging.getLogger(__name__)
+
+_MISSING = object()
+
+
+def _flat_keys(tree, prefix=""):
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+    for name, value in items:
+        key = f"{prefix}{name}"
+        yield key
+        if isinstance(value, (dict, list)):
+            yield from _flat_keys(value, key + ".")
+
+
+def _lookup(tree, parts):
+    """The node at ``parts`` of a plain dict/list tree, or _MISSING."""
+    for part in parts:
+        if isinstance(tree, dict) and part in tree:
+            tree = tree[part]
+        elif isinstance(tree, list) and part.isdigit() and int(part) < len(tree):
+            tree = tree[int(part)]
+        else:
+            return _MISSING
+    return tree
+
+
+def _accepts_argument(target, name: str) -> bool:
+    """Whether a LazyCall target takes a keyword argument ``name``."""
+    if isinstance(target, str):
+        target = locate(target)
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: let instantiate decide
+        return True
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def _type_error(old, new):
+    """Why ``new`` cannot replace the number or bool ``old``, or None if it can."""
+    if isinstance(old, bool):
+        return None if isinstance(new, bool) else "true or false"
+    if isinstance(old, int):
+        return None if isinstance(new, int) and not isinstance(new, bool) else "an int"
+    if isinstance(old, float):
+        return None if isinstance(new, (int, float)) and not isinstance(new, bool) else "a number"
+    return None
+
+
+def _check_override(tree, text: str, key: str, value) -> None:
+    parts = key.split(".")
+    old = _lookup(tree, parts)
+    if old is _MISSING:
+        parent = _lookup(tree, parts[:-1])
+        target = parent.get("_target_") if isinstance(parent, dict) else None
+        if target is not None and _accepts_argument(target, parts[-1]):
+            return  # a constructor argument the config leaves at its default
+        hint = closest_key(key, _flat_keys(tree))
+        raise KeyError(f"override {text!r}: the config has no key {key}{hint}")
+    if isinstance(old, str) and (old.startswith("${") or old == "???"):
+        return  # an interpolation or a value the config leaves to be set
+    expected = _type_error(old, value)
+    if expected:
+        raise ValueError(
+            f"override {text!r}: {key} must be {expected} (the config has {old!r}), got {value!r}"
+        )
+
+
+def _parse_override(parser, text: str):
+    if "=" not in text:
+        raise ValueError(f"override {text!r}: lazy configs take key=value overrides")
+    try:
+        (override,) = parser.parse_overrides([text])
+    except Exception as e:  # hydra's OverrideParseException
+        raise ValueError(f"override {text!r}: {e}") from e
+    if override.is_delete():
+        raise ValueError(f"override {text!r}: deleting keys is not supported")
+    return override.key_or_group, override.value()
+
+
+def setup_lazy_config(path: str, overrides=()):
+    """
+    The LazyConfig of ``path`` (a .py file as in Detectron2's ``configs/new_baselines``) with
+    ``overrides`` applied, each a ``key=value`` string in Hydra's override syntax (as
+    Detectron2's ``LazyConfig.apply_overrides`` takes them).
+
+    Detectron2 would add an unknown key silently; here each override is checked before it
+    is applied, and refused with a message that names it: a key the config does not have
+    (with the closest valid key), unless it is an argument that the LazyCall target above it
+    accepts; a number or bool replaced by a value of another kind (``train.max_iter=abc``).
+    Without CUDA, ``train.device=cuda`` becomes ``cpu``, and on CPU ``train.amp.enabled``
+    becomes false (Detectron2's AMP needs CUDA), each with a warning.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    check_config_file(path)
+    cfg = LazyConfig.load(path)
+    parser = OverridesParser.create()
+    for text in overrides:
+        key, value = _parse_override(parser, str(text))
+        _check_override(OmegaConf.to_container(cfg, resolve=False), text, key, value)
+        LazyConfig.apply_overrides(cfg, [str(text)])
+    train = cfg.get("train")
+    if train is not None and "device" in train:
+        if train.device.startswith("cuda") and not torch.cuda.is_available():
+            logger.warning("CUDA is not available: train.device set to cpu")
+            train.device = "cpu"
+        if train.device == "cpu" and train.get("amp", {}).get("enabled", False):
+            logger.warning("train.amp.enabled set to False (Detectron2's AMP needs CUDA)")
+            train.amp.enabled = False
+    return cfg
