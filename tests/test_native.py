@@ -4,7 +4,7 @@ import torch
 
 from dysample_d2 import DySample
 from dysample_d2.layers import dysample as dysample_module
-from dysample_d2.layers import native, sampling
+from dysample_d2.layers import native
 
 from helpers import dysample_like_grid
 
@@ -125,13 +125,25 @@ def test_rows_spread_over_many_input_rows(kernel):
     assert_equals_aten_float64(kernel, x, grid, grad)
 
 
+def planar_grid(off, bias, base, norm, h, w, s, g, gated):
+    """The grid the kernel builds, in torch ops: [B*G, 2, sH, sW] from the offset matmul
+    off [B, H*W, M'] (columns x|y, group, sub-pixel i, j; then the gates)."""
+    b, m = off.shape[0], 2 * g * s * s
+    offsets = off[..., :m] if bias is None else off[..., :m] + bias
+    if gated:
+        offsets = offsets * off[..., m:]
+    offsets = offsets.view(b, h, w, 2, g, s, s).permute(0, 4, 3, 1, 5, 2, 6)
+    grid = base.permute(2, 0, 1).view(1, 1, 2, h, s, w, s) + offsets * norm.view(1, 1, 2, 1, 1, 1, 1)
+    return grid.reshape(b * g, 2, s * h, s * w)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("scale, groups", [(2, 4), (3, 1)])
 @pytest.mark.parametrize("gated, with_bias", [(False, False), (False, True), (True, True)])
 def test_forward_from_offsets_equals_pytorch_ops(kernel, dtype, scale, groups, gated, with_bias):
     """The forward that builds the grid row by row from the offset matmul: the grid it keeps
-    equals sampling._make_grid's torch ops, its output grid_sample on that grid; without
-    keep_grid the same output and no grid."""
+    equals `planar_grid`'s torch ops, its output grid_sample on that grid; without keep_grid
+    the same output and no grid."""
     b, h, w, s, g, c = 2, 5, 7, scale, groups, 9  # c, sW >= 8: full 8 x 8 AVX2 blocks too
     m = 2 * g * s * s
     off = torch.randn(b, h * w, 2 * m if gated else m, dtype=dtype)
@@ -141,7 +153,7 @@ def test_forward_from_offsets_equals_pytorch_ops(kernel, dtype, scale, groups, g
     base = dysample_module._base_grid(s * h, s * w, torch.device("cpu"), dtype)
     norm = torch.tensor([4.0 / w, 4.0 / h], dtype=dtype)  # offsets of about 2 px: across cells
     x = torch.randn(b * g, c, h, w, dtype=dtype)
-    expected_grid = sampling._make_grid(off, bias, base, norm, h, w, s, g, gated)
+    expected_grid = planar_grid(off, bias, base, norm, h, w, s, g, gated)
     args = (x, off, torch.empty(0, dtype=dtype) if bias is None else bias, base, norm, s, g, gated)
     empty = torch.empty(0, dtype=dtype)
     out, grid = kernel.sample_forward_offsets(*args, True, empty)
@@ -197,7 +209,7 @@ def run_module(x, grad):
 
 
 def test_without_a_compiler_dysample_falls_back_with_one_reason(monkeypatch, caplog):
-    """A failed build: the pure-PyTorch path runs, gives the same results, status says why."""
+    """A failed build: the reference formulation runs, gives the same results, status says why."""
     x, grad = torch.randn(2, 16, 9, 11), torch.randn(2, 16, 18, 22)
     with_kernel = run_module(x, grad)
     monkeypatch.setattr(native, "_state", {"tried": False, "module": None, "reason": None})
@@ -210,28 +222,18 @@ def test_without_a_compiler_dysample_falls_back_with_one_reason(monkeypatch, cap
         without = run_module(x, grad)
     assert native.load() is None
     assert "could not be built (RuntimeError: Error building extension" in native.status()
-    assert sum("pure-PyTorch path" in r.getMessage() for r in caplog.records) == 1
+    assert native.status().endswith("DySample sampler 'auto' (DYSAMPLE_D2_SAMPLER): "
+                                    "grid_sample everywhere")
+    assert sum("DySample uses grid_sample" in r.getMessage() for r in caplog.records) == 1
     for a, b in zip(with_kernel, without):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_turned_off_by_environment(monkeypatch):
+def test_reference_sampler_does_not_build_the_kernel(monkeypatch):
     monkeypatch.setattr(native, "_state", {"tried": False, "module": None, "reason": None})
-    monkeypatch.setenv("DYSAMPLE_D2_NATIVE", "0")
+    monkeypatch.setenv("DYSAMPLE_D2_SAMPLER", "gridsample")
     monkeypatch.setattr(native, "_build", lambda verbose: pytest.fail("must not build"))
-    assert native.load() is None
-    assert native.status().endswith("turned off by DYSAMPLE_D2_NATIVE=0")
-
-
-def test_module_switch_selects_the_path(monkeypatch):
-    calls = []
-    monkeypatch.setattr(torch, "grid_sampler_2d", lambda *a: calls.append(1) or torch.zeros(1))
-    DySample(8, 2, groups=2)(torch.randn(1, 8, 4, 4))  # the kernel: ATen's sampler not called
-    assert calls == []
-    monkeypatch.setattr(sampling, "NATIVE", False)
-    with pytest.raises(RuntimeError):  # the stub's output has the wrong size: it was called
-        DySample(8, 2, groups=2)(torch.randn(1, 8, 4, 4))
-    assert calls == [1]
+    DySample(8, 2, groups=2)(torch.randn(1, 8, 4, 4))
 
 
 def test_non_finite_grid_reads_inside_the_image(kernel):

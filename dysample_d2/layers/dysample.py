@@ -3,15 +3,21 @@
 A 1x1 conv predicts, for every output pixel, an offset from the position that bilinear
 upsampling would sample; ``grid_sample`` then reads the input there. With zero offsets the
 module is exactly ``F.interpolate(x, scale_factor=scale, mode="bilinear")``.
+
+``DySample.forward`` is the reference formulation (1x1 conv + ``grid_sample``), which CUDA,
+tracing and export run; on CPU in eager mode the compiled kernel computes the same (see
+backend.py for how the sampler is chosen, sampling.py for the kernel's Function).
 """
 from functools import lru_cache
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .sampling import FusedDySample, use_fused
+from .backend import active_sampler, grid_dtype, plain_ops, tracing
+from .gather import grid_sample_gather
+from .sampling import DySampleFunction, use_kernel
 
 __all__ = ["DySample"]
 
@@ -19,38 +25,34 @@ STYLES = ("lp", "pl")
 
 
 @lru_cache(maxsize=64)
-def _cached_base_grid(
-    out_h: int, out_w: int, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
-    grid = _base_grid(out_h, out_w, device, dtype)
+def _cached_base_grid(out_h, out_w, device, dtype, extent=None) -> torch.Tensor:
+    grid = _base_grid(out_h, out_w, device, dtype, extent)
     grid.requires_grad_(False)
     return grid
 
 
-def _base_grid(out_h, out_w, device, dtype) -> torch.Tensor:
+def _base_grid(out_h, out_w, device, dtype, extent=None) -> torch.Tensor:
     """
-    Normalized (x, y) positions that bilinear upsampling (align_corners=False) samples.
+    Normalized (x, y) positions that bilinear resizing to out_h x out_w (align_corners=False)
+    samples, as ``F.interpolate(size=(out_h, out_w))`` does.
 
-    Output pixel ``o`` of a row of length ``out_w = s * W`` reads input coordinate
-    ``(o + 0.5) / s - 0.5``, i.e. pixel centre plus DySample's initial sub-pixel position;
-    normalized to grid_sample's [-1, 1] that is ``2 * (o + 0.5) / out_w - 1``.
+    Output pixel ``o`` of a row of length ``out_w`` reads input coordinate
+    ``(o + 0.5) * W / out_w - 0.5`` (for ``out_w = s * W``: pixel centre plus DySample's
+    initial sub-pixel position); normalized to grid_sample's [-1, 1] that is
+    ``2 * (o + 0.5) / out_w - 1``, whatever W. Built from the sizes alone, which tracing
+    records as tensors: a traced graph stays dynamic.
+
+    Args:
+        extent ((rows, cols), optional): make this many rows and columns of positions (the
+            kernel samples a whole s*H x s*W grid, then crops); default (out_h, out_w).
 
     Returns:
-        Tensor[out_h, out_w, 2]
+        Tensor[rows, cols, 2]
     """
-    xs = (torch.arange(out_w, device=device, dtype=dtype) + 0.5) * (2.0 / out_w) - 1.0
-    ys = (torch.arange(out_h, device=device, dtype=dtype) + 0.5) * (2.0 / out_h) - 1.0
+    rows, cols = (out_h, out_w) if extent is None else extent
+    xs = (torch.arange(cols, device=device, dtype=dtype) + 0.5) * (2.0 / out_w) - 1.0
+    ys = (torch.arange(rows, device=device, dtype=dtype) + 0.5) * (2.0 / out_h) - 1.0
     return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)
-
-
-def _traced_base_grid(x: torch.Tensor, scale: int, dtype: torch.dtype) -> torch.Tensor:
-    """Same as `_base_grid`, but built from tensor sizes so a traced graph stays dynamic."""
-    size = torch._shape_as_tensor(x)[2:].to(dtype) * scale  # (out_h, out_w)
-    h_idx = torch.ones_like(x[0, 0, :, :1], dtype=dtype).repeat_interleave(scale, 0).cumsum(0)
-    w_idx = torch.ones_like(x[0, 0, :1, :], dtype=dtype).repeat_interleave(scale, 1).cumsum(1)
-    ys = (h_idx - 0.5) * (2.0 / size[0]) - 1.0  # (out_h, 1)
-    xs = (w_idx - 0.5) * (2.0 / size[1]) - 1.0  # (1, out_w)
-    return torch.stack(torch.broadcast_tensors(xs, ys), dim=-1)
 
 
 class DySample(nn.Module):
@@ -73,6 +75,14 @@ class DySample(nn.Module):
     ``forward(x, add_to=t)`` adds the upsampled x to ``t`` in place and returns ``t``, as
     ``t += upsample(x)`` (the FPN's lateral sum, as Detectron2's ResNet blocks do
     ``out += shortcut``); on CPU the kernel adds as it writes, without a separate output.
+
+    Other output sizes: ``forward(x, size=(Ho, Wo))``, or an ``add_to`` of that size, with
+    ``s*(H-1) < Ho <= s*H`` (likewise Wo): the sizes whose stride-s downsampling gives H, e.g.
+    an FPN's lateral 25x41 above a 13x21 level. The offsets are predicted at s*H x s*W as
+    always and cropped to Ho x Wo; each output pixel starts from the position that
+    ``F.interpolate(x, size=(Ho, Wo), mode="bilinear", align_corners=False)`` samples, so zero
+    offsets give exactly that interpolation. At Ho = s*H this is the usual grid, bit for bit.
+    Both samplers support it (the kernel samples s*H x s*W and crops).
     """
 
     def __init__(
@@ -151,74 +161,85 @@ class DySample(nn.Module):
             offset = F.pixel_shuffle(offset, self.scale)
         return offset
 
-    def sampling_grid(self, x: torch.Tensor) -> torch.Tensor:
+    def sampling_grid(self, x: torch.Tensor, size: Optional[Sequence[int]] = None) -> torch.Tensor:
         """
-        grid_sample grid of every group, normalized to [-1, 1], in float32 (float64 for
-        float64 inputs) whatever the input dtype, so half inputs keep sub-pixel precision.
+        grid_sample grid of every group, normalized to [-1, 1], in `grid_dtype` (float32, or
+        float64 for float64 inputs) whatever the input dtype, so half inputs keep sub-pixel
+        precision.
+
+        Args:
+            size ((Ho, Wo), optional): output size (see `forward`); default (s*H, s*W).
 
         Returns:
-            Tensor[B * groups, s*H, s*W, 2]
+            Tensor[B * groups, Ho, Wo, 2]
         """
         b, _, h, w = x.shape
-        grid_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        offset = self.offsets(x).to(grid_dtype)
-        out_h, out_w = offset.shape[-2:]
-        # [B, 2, G, sH, sW] -> [B, G, sH, sW, 2]
-        offset = offset.view(b, 2, self.groups, out_h, out_w).permute(0, 2, 3, 4, 1)
-        if torch.jit.is_tracing() or torch.jit.is_scripting() or _is_onnx_exporting():
-            base = _traced_base_grid(x, self.scale, grid_dtype)
-            size = torch._shape_as_tensor(x)[2:].flip(0).to(grid_dtype)  # (W, H)
-            norm = 2.0 / size
-        elif _is_compiling():  # torch.compile / torch.export: sizes may be symbolic, no cache
-            base = _base_grid(out_h, out_w, x.device, grid_dtype)
-            norm = torch.tensor((2.0 / w, 2.0 / h), dtype=grid_dtype, device=x.device)
+        gdt = grid_dtype(x.dtype)
+        out_h, out_w = (self.scale * h, self.scale * w) if size is None else size
+        # offsets of the s*H x s*W output, cropped to the requested size (a view at s*H x s*W)
+        offset = self.offsets(x).to(gdt)[..., :out_h, :out_w]
+        # [B, 2, G, Ho, Wo] -> [B, G, Ho, Wo, 2]
+        offset = offset.reshape(b, 2, self.groups, out_h, out_w).permute(0, 2, 3, 4, 1)
+        if plain_ops():  # sizes may be traced or symbolic: no cache
+            base = _base_grid(out_h, out_w, x.device, gdt)
         else:
-            base = _cached_base_grid(out_h, out_w, x.device, grid_dtype)
-            norm = torch.tensor((2.0 / w, 2.0 / h), dtype=grid_dtype, device=x.device)
+            base = _cached_base_grid(out_h, out_w, x.device, gdt)
+        if tracing():  # (2/W, 2/H) from the traced shape
+            norm = 2.0 / torch._shape_as_tensor(x)[2:].flip(0).to(gdt)
+        else:
+            norm = torch.tensor((2.0 / w, 2.0 / h), dtype=gdt, device=x.device)
         grid = torch.addcmul(base, offset, norm)
         return grid.reshape(b * self.groups, out_h, out_w, 2)
 
-    def forward(self, x: torch.Tensor, add_to: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        add_to: Optional[torch.Tensor] = None,
+        size: Optional[Sequence[int]] = None,
+    ) -> torch.Tensor:
         """
         Args:
             x (Tensor[B, C, H, W])
-            add_to (Tensor[B, C, s*H, s*W], optional): modified in place, see the class doc.
+            add_to (Tensor[B, C, Ho, Wo], optional): modified in place, see the class doc; its
+                spatial size is the output size.
+            size ((Ho, Wo), optional): output size, default (s*H, s*W); see the class doc.
 
         Returns:
-            Tensor[B, C, s*H, s*W]: the upsampled x, or add_to after the sum.
+            Tensor[B, C, Ho, Wo]: the upsampled x, or add_to after the sum.
         """
         _check_input(x, self.in_channels)
-        if add_to is not None:
-            _check_add_to(add_to, x, self.scale)
-        if use_fused(x):  # CPU, eager: one fused autograd Function (layers/sampling.py)
-            return self._forward_fused(x, add_to)
-        # CUDA, tracing, scripting, export: conv2d + grid_sample, the reference formulation
+        out_size = _output_size(x, self.scale, add_to, size)
+        if use_kernel(x):  # CPU, eager: the compiled kernel's Function (sampling.py)
+            return self._forward_kernel(x, add_to, out_size)
+        # the reference formulation: conv2d + grid_sample (or its gather form)
         b, c, h, w = x.shape
-        grid = self.sampling_grid(x)
+        grid = self.sampling_grid(x, out_size)
         # Sample in the grid's precision; grid_sample needs input and grid of one dtype.
-        sampled = F.grid_sample(
-            x.reshape(b * self.groups, c // self.groups, h, w).to(grid.dtype),
-            grid,
-            mode="bilinear",
-            padding_mode="border",
-            align_corners=False,
-        )
-        sampled = sampled.view(b, c, self.scale * h, self.scale * w).to(x.dtype)
+        x_groups = x.reshape(b * self.groups, c // self.groups, h, w).to(grid.dtype)
+        if active_sampler() == "gather":
+            sampled = grid_sample_gather(x_groups, grid)
+        else:
+            sampled = F.grid_sample(
+                x_groups, grid, mode="bilinear", padding_mode="border", align_corners=False
+            )
+        sampled = sampled.view(b, c, out_size[0], out_size[1]).to(x.dtype)
         return sampled if add_to is None else add_to.add_(sampled)
 
-    def _forward_fused(self, x: torch.Tensor, add_to: Optional[torch.Tensor]) -> torch.Tensor:
+    def _forward_kernel(self, x: torch.Tensor, add_to: Optional[torch.Tensor], out_size):
         h, w = x.shape[-2:]
         s = self.scale
-        grid_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        base = _cached_base_grid(s * h, s * w, x.device, grid_dtype)
+        gdt = grid_dtype(x.dtype)
+        # the positions of the requested output, continued to the kernel's s*H x s*W
+        base = _cached_base_grid(out_size[0], out_size[1], x.device, gdt, (s * h, s * w))
         factor = 0.5 if self.dyscope else 0.25  # the scope factor, folded into the normalizer
-        norm = torch.tensor((factor * 2.0 / w, factor * 2.0 / h), dtype=grid_dtype)
+        norm = torch.tensor((factor * 2.0 / w, factor * 2.0 / h), dtype=gdt)
         weight, bias = self._offset_matrix()
         # the sampling grid is kept for a backward only
-        keep_grid = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-        return FusedDySample.apply(
+        keep_grid = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, weight, bias))
+        return DySampleFunction.apply(
             x, weight, bias, base, norm, s, self.groups, self.dyscope, keep_grid, add_to,
-            self.style == "pl",
+            self.style == "pl", out_size,
         )
 
     def _offset_matrix(self):
@@ -238,16 +259,6 @@ class DySample(nn.Module):
         if self.style == "pl":
             bias = bias.repeat_interleave(self.scale**2)
         return weight, bias
-
-
-def _is_onnx_exporting() -> bool:
-    is_onnx_exporting = getattr(torch.onnx, "is_in_onnx_export", None)
-    return is_onnx_exporting is not None and is_onnx_exporting()
-
-
-def _is_compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return compiler is not None and compiler.is_compiling()
 
 
 def _check_arguments(in_channels, scale, style, groups, dyscope, scope_bias) -> None:
@@ -289,14 +300,42 @@ def _check_input(x: torch.Tensor, in_channels: int) -> None:
         )
 
 
-def _check_add_to(add_to: torch.Tensor, x: torch.Tensor, scale: int) -> None:
-    if torch.jit.is_tracing():
-        return  # sizes are traced values; the in-place add checks them
-    expected = (x.shape[0], x.shape[1], scale * x.shape[2], scale * x.shape[3])
-    if tuple(add_to.shape) != expected:
+def _output_size(x: torch.Tensor, scale: int, add_to, size):
+    """
+    (Ho, Wo): add_to's spatial size, else ``size``, else (s*H, s*W). Each must round up to
+    the input size when divided by the scale (s*(H-1) < Ho <= s*H): the sizes whose stride-s
+    downsampling (a convolution with padding) gives H, as in an FPN at any input size.
+    """
+    h, w = x.shape[-2:]
+    if add_to is not None:
+        if not torch.jit.is_tracing():  # traced sizes: the in-place add checks them
+            _check_add_to(add_to, x, size)
+        out_size = tuple(add_to.shape[-2:])
+    elif size is not None:
+        out_size = tuple(size)
+    else:
+        return scale * h, scale * w
+    if not torch.jit.is_tracing():
+        for axis, n, out in (("height", h, out_size[0]), ("width", w, out_size[1])):
+            if not scale * (n - 1) < out <= scale * n:
+                raise ValueError(
+                    f"DySample: output {axis} {out} does not fit input {axis} {n} at scale "
+                    f"{scale}: allowed {scale * (n - 1) + 1}..{scale * n} (output size "
+                    f"{out_size}, input shape {tuple(x.shape)})"
+                )
+    return out_size
+
+
+def _check_add_to(add_to: torch.Tensor, x: torch.Tensor, size) -> None:
+    if add_to.dim() != 4 or tuple(add_to.shape[:2]) != tuple(x.shape[:2]):
         raise ValueError(
-            f"DySample: add_to must have the output's shape {expected} "
-            f"(input shape {tuple(x.shape)}, scale {scale}), got {tuple(add_to.shape)}"
+            f"DySample: add_to must be [B, C, Ho, Wo] with the input's B and C {tuple(x.shape[:2])}"
+            f", got shape {tuple(add_to.shape)}"
+        )
+    if size is not None and tuple(size) != tuple(add_to.shape[-2:]):
+        raise ValueError(
+            f"DySample: size {tuple(size)} differs from add_to's size {tuple(add_to.shape[-2:])}"
+            " (add_to sets the output size: give one of them)"
         )
     if add_to.device != x.device:
         raise ValueError(f"DySample: add_to is on {add_to.device}, the input on {x.device}")

@@ -3,8 +3,9 @@ The optional compiled CPU sampling kernel (``dysample_d2/csrc/``: forward, backw
 
 Built on first use with ``torch.utils.cpp_extension.load`` (a C++ compiler and ninja; about a
 minute, then cached under ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``);
-``scripts/install.sh`` builds it once. Where it cannot be built, DySample keeps its pure-PyTorch
-path (grid_sample, same results) and says why once. ``DYSAMPLE_D2_NATIVE=0`` turns it off.
+``scripts/install.sh`` builds it once. Where it cannot be built, DySample runs its reference
+formulation (grid_sample, same results) and says why once. ``DYSAMPLE_D2_SAMPLER=gridsample``
+(backend.py) runs the reference formulation without building it.
 """
 import glob
 import hashlib
@@ -12,6 +13,8 @@ import logging
 import os
 import sys
 import threading
+
+from .backend import ENV_VAR, active_sampler
 
 __all__ = ["load", "status"]
 
@@ -60,27 +63,32 @@ def load(verbose: bool = False):
     with _lock:
         if _state["tried"]:
             return _state["module"]
-        if os.environ.get("DYSAMPLE_D2_NATIVE", "1") == "0":
-            _state["reason"] = "turned off by DYSAMPLE_D2_NATIVE=0"
-        else:
-            try:
-                logger.info("dysample_d2: loading the compiled CPU sampling kernel (the first "
-                            "time it is built: about a minute)")
-                _state["module"] = _build(verbose)
-            except Exception as e:  # no compiler, no ninja, read-only cache, ...
-                first_line = (str(e).strip().splitlines() or [""])[0]
-                _state["reason"] = f"could not be built ({type(e).__name__}: {first_line})"
-                logger.warning(
-                    "dysample_d2: compiled CPU sampling kernel %s; using the pure-PyTorch path "
-                    "(same results, slower on CPU)", _state["reason"])
+        try:
+            logger.info("dysample_d2: loading the compiled CPU sampling kernel (the first "
+                        "time it is built: about a minute)")
+            _state["module"] = _build(verbose)
+        except Exception as e:  # no compiler, no ninja, read-only cache, ...
+            first_line = (str(e).strip().splitlines() or [""])[0]
+            _state["reason"] = f"could not be built ({type(e).__name__}: {first_line})"
+            logger.warning(
+                "dysample_d2: compiled CPU sampling kernel %s; DySample uses grid_sample "
+                "(same results, slower on CPU)", _state["reason"])
         _state["tried"] = True
     return _state["module"]
 
 
 def status() -> str:
-    """One line: whether DySample's CPU sampling uses the compiled kernel."""
+    """One line: whether the compiled kernel is built, and which sampler DySample runs."""
     module = load()
     if module is not None:
-        isa = module.kernel_isa()
-        return f"compiled CPU sampling kernel: loaded, {isa} ({module.__file__})"
-    return f"compiled CPU sampling kernel: not used, {_state['reason']}"
+        kernel = f"compiled CPU sampling kernel: loaded, {module.kernel_isa()} ({module.__file__})"
+    else:
+        kernel = f"compiled CPU sampling kernel: not used, {_state['reason']}"
+    name = active_sampler()
+    where = {
+        "auto": ("the kernel on eager CPU, grid_sample elsewhere" if module is not None
+                 else "grid_sample everywhere"),
+        "gridsample": "grid_sample everywhere",
+        "gather": "gathers everywhere (no grid_sample)",
+    }[name]
+    return f"{kernel}; DySample sampler {name!r} ({ENV_VAR}): {where}"

@@ -1,27 +1,45 @@
 """
-The straightforward DySample, written as the paper's released code does it (coordinate
-grid in the input dtype, pixel_shuffle of coordinates, one grid_sample over B * groups).
-Used by the tests as the oracle the project's implementation must equal.
+The DySample authors' formulation, kept as the oracle the project's DySample must equal.
+
+Follows the DySample authors' MIT-licensed code (tiny-smart/dysample, ``dysample.py``): a
+coordinate grid in the input dtype, offsets plus ``init_pos`` added to pixel centres,
+normalized, pixel-shuffled to the output grid and read with one ``grid_sample`` over
+B * groups (bilinear, align_corners=False, border padding). Same parameter names, shapes and
+initialization, so state dicts load both ways. ``scope_bias`` gives the scope conv a bias, as
+their first release did.
+
+Used by the tests and by the mmdet equivalence check (scripts/mmdet_equivalence/), whose
+environment has no Detectron2: this file imports torch only.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = ["AuthorsDySample"]
 
-class ReferenceDySample(nn.Module):
-    def __init__(self, in_channels, scale=2, style="lp", groups=4, dyscope=False, scope_bias=False):
+
+class AuthorsDySample(nn.Module):
+    def __init__(self, in_channels, scale=2, style="lp", groups=4, dyscope=False,
+                 scope_bias=False):
         super().__init__()
+        assert style in ("lp", "pl")
         self.scale, self.style, self.groups = scale, style, groups
         if style == "pl":
             conv_in, conv_out = in_channels // scale**2, 2 * groups
         else:
             conv_in, conv_out = in_channels, 2 * groups * scale**2
         self.offset = nn.Conv2d(conv_in, conv_out, 1)
+        nn.init.normal_(self.offset.weight, 0, 0.001)
+        nn.init.zeros_(self.offset.bias)
         if dyscope:
             self.scope = nn.Conv2d(conv_in, conv_out, 1, bias=scope_bias)
+            nn.init.zeros_(self.scope.weight)
+            if scope_bias:
+                nn.init.zeros_(self.scope.bias)
         self.register_buffer("init_pos", self._init_pos())
 
     def _init_pos(self):
+        """Positions of the s x s children of a pixel: x for all groups, then y for all groups."""
         s = self.scale
         h = torch.arange((-s + 1) / 2, (s - 1) / 2 + 1) / s
         pos = torch.stack(torch.meshgrid([h, h], indexing="ij")).transpose(1, 2)

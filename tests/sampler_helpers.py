@@ -1,0 +1,49 @@
+"""Shared by the DySample layer tests: every sampler, random weights, the float64 oracle."""
+import pytest
+import torch
+
+from dysample_d2.layers import SAMPLERS, native, sampler
+from dysample_d2.layers.authors import AuthorsDySample
+
+
+@pytest.fixture(params=SAMPLERS)
+def each_sampler(request):
+    """The test body runs once per sampler ("auto" is the compiled kernel on CPU)."""
+    if request.param == "auto":
+        assert native.load() is not None, native.status()  # scripts/install.sh builds it
+    with sampler(request.param):
+        yield request.param
+
+
+def randomize(module, std=0.5, seed=0):
+    """Random weights (and scopes) so that sampling leaves the bilinear grid."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return module
+
+
+def exact_reference(module):
+    """The authors' formulation with the module's weights, in float64 with exact positions."""
+    reference = AuthorsDySample(
+        module.in_channels, module.scale, module.style, module.groups, module.dyscope,
+        module.scope_bias,
+    )
+    # the authors' state dict names and shapes are ours: the weights load strictly
+    reference.load_state_dict(module.state_dict(), strict=True)
+    reference.double()
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        reference.init_pos = reference._init_pos()  # exact positions, not float32-rounded
+    finally:
+        torch.set_default_dtype(default_dtype)
+    return reference
+
+
+def outputs_and_grads(module, x, grad, **kwargs):
+    """module(x, **kwargs) and the gradients of <output, grad> for x and every parameter."""
+    x = x.detach().requires_grad_()
+    out = module(x, **kwargs)
+    return out, torch.autograd.grad(out, [x] + list(module.parameters()), grad)
