@@ -210,7 +210,8 @@ def test_lazy_panoptic_config_changes_only_the_upsamplers_and_trains():
         {k: v for k, v in zoo_head.items() if k != "_target_"},
         style="lp", groups=4, dyscope=False, scope_bias=False)
     with open(config_path(LAZY_PANOPTIC)) as f:
-        stated = int(re.search(r"DySample parameters: ([\d,]+)", f.read()).group(1).replace(",", ""))
+        stated = re.search(r"DySample parameters: ([\d,]+)", f.read()).group(1)
+    stated = int(stated.replace(",", ""))
 
     bottom_up = cfg.model.backbone.bottom_up  # tiny: GroupNorm (random-init FrozenBN diverges)
     bottom_up.stem.norm = bottom_up.stages.norm = "GN"

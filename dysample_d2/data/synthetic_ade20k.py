@@ -20,9 +20,8 @@ from typing import Dict, Iterable, Tuple
 import numpy as np
 from PIL import Image
 
-from .synthetic_coco import check_arguments
 from .synthetic_check import DatasetValidationError
-from .synthetic_dir import write_dataset_dir
+from .synthetic_dir import checked_settings, write_dataset_dir
 from .synthetic_draw import coco_categories, render_scene
 
 __all__ = ["generate_synthetic_ade20k", "validate_ade20k_dir", "ADE20K_DIR", "IGNORE_LABEL"]
@@ -32,6 +31,7 @@ GENERATOR_VERSION = 1
 IGNORE_LABEL = 255
 # split directory -> (file name prefix, seed stream; the COCO generator uses streams 0 and 1)
 SPLITS = {"training": ("ADE_train", 2), "validation": ("ADE_val", 3)}
+MAX_TRAIN_IMAGES = 10**8 - 1  # file names number images with 8 digits
 # COCO category of the drawn scenes -> ADE20K class name (Detectron2's ADE20K_SEM_SEG_CATEGORIES)
 ADE20K_CLASS_OF = {
     "sky-other-merged": "sky",
@@ -106,13 +106,6 @@ def validate_ade20k_dir(ade_dir: str, splits: Iterable[str] = tuple(SPLITS)) -> 
                 raise DatasetValidationError(f"{png}: labels {values.tolist()} not in 0..149, 255")
 
 
-def _file_counts(ade_dir: str) -> Dict[str, int]:
-    """Number of files in each data directory of `ade_dir` (missing directories count -1)."""
-    dirs = [os.path.join(kind, s) for kind in ("images", "annotations_detectron2") for s in SPLITS]
-    return {d: len(os.listdir(os.path.join(ade_dir, d)))
-            if os.path.isdir(os.path.join(ade_dir, d)) else -1 for d in dirs}
-
-
 def generate_synthetic_ade20k(
     root: str,
     train_images: int = 64,
@@ -128,19 +121,14 @@ def generate_synthetic_ade20k(
     Returns:
         (ade_dir, reused): the dataset directory and whether an existing one was reused.
     """
-    check_arguments(train_images, val_images, size, seed)
-    settings = {
-        "version": GENERATOR_VERSION,
-        "train_images": int(train_images),
-        "val_images": int(val_images),
-        "size": int(size),
-        "seed": int(seed),
-        "classes": ADE20K_CLASS_OF,
-    }
+    settings = checked_settings(train_images, val_images, size, seed, MAX_TRAIN_IMAGES,
+                                version=GENERATOR_VERSION, classes=ADE20K_CLASS_OF)
 
     def write(ade_dir):
         _write_split(ade_dir, "training", train_images, size, seed)
         _write_split(ade_dir, "validation", val_images, size, seed)
         validate_ade20k_dir(ade_dir)
 
-    return write_dataset_dir(root, ADE20K_DIR, settings, write, _file_counts, __name__, force)
+    kinds = ("images", "annotations_detectron2")
+    data_dirs = [os.path.join(kind, split) for kind in kinds for split in SPLITS]
+    return write_dataset_dir(root, ADE20K_DIR, settings, write, data_dirs, __name__, force)

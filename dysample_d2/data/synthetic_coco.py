@@ -30,10 +30,10 @@ from .synthetic_check import (
     tight_box,
     validate_coco_dir,
 )
-from .synthetic_dir import MANIFEST_NAME, read_manifest, write_dataset_dir
+from .synthetic_dir import MANIFEST_NAME, checked_settings, read_manifest, write_dataset_dir
 from .synthetic_draw import THING_STYLES, coco_categories, render_scene
 
-__all__ = ["generate_synthetic_coco", "check_arguments", "MANIFEST_NAME", "read_manifest"]
+__all__ = ["generate_synthetic_coco", "MANIFEST_NAME", "read_manifest"]
 GENERATOR_VERSION = 1
 # split -> (first image id, seed stream). Disjoint image ids, as in real COCO.
 SPLITS = {"train2017": (1, 0), "val2017": (900_001, 1)}
@@ -146,33 +146,6 @@ def _write_split(coco_dir: str, split: str, count: int, size: int, seed: int, fi
     return first_ann_id + len(out["annotations"])
 
 
-def _file_counts(coco_dir: str) -> Dict[str, int]:
-    """Number of files in each data directory of `coco_dir` (missing directories count -1)."""
-    dirs = ["annotations"] + [p + s for s in SPLITS for p in ("", "panoptic_", "panoptic_stuff_")]
-    return {
-        d: (
-            len(os.listdir(os.path.join(coco_dir, d)))
-            if os.path.isdir(os.path.join(coco_dir, d))
-            else -1
-        )
-        for d in dirs
-    }
-
-
-def check_arguments(train_images: int, val_images: int, size: int, seed: int) -> None:
-    """Raises ValueError naming the first bad argument."""
-    for name, value, lo, hi in (
-        ("train_images", train_images, 1, MAX_TRAIN_IMAGES),
-        ("val_images", val_images, 1, 10**6),
-        ("size", size, 64, 4096),
-        ("seed", seed, 0, 2**63 - 1),
-    ):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        if not lo <= value <= hi:
-            raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
-
-
 def generate_synthetic_coco(
     root: str,
     train_images: int = 64,
@@ -194,15 +167,8 @@ def generate_synthetic_coco(
     Returns:
         (coco_dir, reused): the dataset directory and whether an existing one was reused.
     """
-    check_arguments(train_images, val_images, size, seed)
-    settings = {
-        "version": GENERATOR_VERSION,
-        "train_images": int(train_images),
-        "val_images": int(val_images),
-        "size": int(size),
-        "seed": int(seed),
-        "thing_classes": list(THING_STYLES),
-    }
+    settings = checked_settings(train_images, val_images, size, seed, MAX_TRAIN_IMAGES,
+                                version=GENERATOR_VERSION, thing_classes=list(THING_STYLES))
 
     def write(coco_dir):
         os.makedirs(os.path.join(coco_dir, "annotations"))
@@ -210,4 +176,6 @@ def generate_synthetic_coco(
         _write_split(coco_dir, "val2017", val_images, size, seed, next_ann_id)
         validate_coco_dir(coco_dir, list(SPLITS))
 
-    return write_dataset_dir(root, "coco", settings, write, _file_counts, __name__, force)
+    prefixes = ("", "panoptic_", "panoptic_stuff_")
+    data_dirs = ["annotations"] + [prefix + split for split in SPLITS for prefix in prefixes]
+    return write_dataset_dir(root, "coco", settings, write, data_dirs, __name__, force)
