@@ -1,4 +1,5 @@
-"""Checkpoint writing, the demo, and the quickstart's result parsing."""
+"""Checkpoint writing, the config builders, evaluators, the demo, and the quickstart's
+result parsing."""
 import os
 import sys
 
@@ -8,7 +9,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from dysample_d2.engine import AtomicDetectionCheckpointer
+from dysample_d2.engine import AtomicDetectionCheckpointer, build_evaluator, setup_config
+from dysample_d2.engine.config import closest_key
 
 from conftest import REPO
 
@@ -73,3 +75,71 @@ def test_quickstart_reads_detectron2_result_lines():
     results = quickstart.parse_copypaste(output)
     assert results["bbox"]["AP50"] == pytest.approx(14.2755)
     assert set(results) == {"bbox", "segm"} and np.isnan(results["segm"]["AP50"])
+
+
+def test_resume_reads_the_checkpoint_tag_through_atomic_writes(tmp_path):
+    model = nn.Linear(3, 2)
+    AtomicDetectionCheckpointer(model, str(tmp_path)).save("model_0000004", iteration=4)
+    restored = nn.Linear(3, 2)
+    checkpointer = AtomicDetectionCheckpointer(restored, str(tmp_path))
+    assert checkpointer.has_checkpoint()
+    assert checkpointer.resume_or_load("", resume=True)["iteration"] == 4
+    assert torch.equal(restored.weight, model.weight)
+
+
+# ---- the config builders ----
+
+QUICKSTART = os.path.join(REPO, "configs/quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
+
+
+def test_setup_config_merges_options_and_freezes_on_request():
+    cfg = setup_config(QUICKSTART, ["SOLVER.MAX_ITER", "7", "MODEL.FPN.DYSAMPLE.STYLE", "pl"],
+                       freeze=True)
+    assert cfg.is_frozen() and cfg.SOLVER.MAX_ITER == 7 and cfg.MODEL.FPN.DYSAMPLE.STYLE == "pl"
+    cfg = setup_config(QUICKSTART)
+    cfg.SOLVER.MAX_ITER = 3  # callers that set keys in code
+    assert cfg.MODEL.FPN.DYSAMPLE.GROUPS == 4
+
+
+@pytest.mark.parametrize("opts, error, message", [
+    (["MODEL.FPN.DYSAMPLE.STYEL", "lp"], KeyError,
+     "Non-existent key: MODEL.FPN.DYSAMPLE.STYEL (did you mean MODEL.FPN.DYSAMPLE.STYLE?)"),
+    (["MODEL.RESNET.DEPTH", "50"], KeyError, "(did you mean MODEL.RESNETS.DEPTH?)"),
+    (["MODEL.FPN.DYSAMPLE.STYLE", "xx"], ValueError,
+     "MODEL.FPN.DYSAMPLE.STYLE must be one of ['lp', 'pl'], got 'xx'"),
+    (["SOLVER.MAX_ITER", "abc"], ValueError, "for config key: SOLVER.MAX_ITER"),
+    (["SOLVER.MAX_ITER"], ValueError, "KEY VALUE pairs"),
+])
+def test_setup_config_refuses_bad_options(opts, error, message):
+    with pytest.raises(error) as err:
+        setup_config(QUICKSTART, opts)
+    assert message in str(err.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the fallback applies without CUDA")
+def test_setup_config_falls_back_to_cpu_without_amp():
+    cfg = setup_config(QUICKSTART, ["MODEL.DEVICE", "cuda", "SOLVER.AMP.ENABLED", "True"])
+    assert cfg.MODEL.DEVICE == "cpu" and not cfg.SOLVER.AMP.ENABLED
+
+
+def test_closest_key_prefers_the_siblings():
+    keys = ["a.norm", "a.out_channels", "b.norm", "nrm"]
+    assert closest_key("a.nrom", keys) == " (did you mean a.norm?)"
+    assert closest_key("zzz.qqq", keys) == ""
+
+
+# ---- evaluators ----
+
+
+def test_semantic_segmentation_datasets_get_sem_seg_evaluator(tmp_path):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.evaluation import SemSegEvaluator
+
+    assert MetadataCatalog.get("ade20k_sem_seg_val").evaluator_type == "sem_seg"
+    name = "dysample_d2_test_sem_seg"
+    if name not in DatasetCatalog.list():
+        DatasetCatalog.register(name, lambda: [])
+        MetadataCatalog.get(name).set(evaluator_type="sem_seg", stuff_classes=["a", "b"],
+                                      ignore_label=255)
+    evaluators = build_evaluator(name, str(tmp_path))._evaluators
+    assert [type(e) for e in evaluators] == [SemSegEvaluator]

@@ -1,5 +1,6 @@
-"""train_net.py end to end on the generated COCO-layout data: the real configs, data
-loading, trainer, checkpointer and evaluators, at tiny CPU settings."""
+"""train_net.py with YACS configs, end to end on the generated COCO-layout data: the real
+configs, data loading, trainer, checkpointer and evaluators, at tiny CPU settings; and bad
+input refused before anything is written."""
 import json
 import math
 import os
@@ -59,11 +60,14 @@ def trained(request, coco_root, tmp_path_factory):
     task = request.param
     output_dir = tmp_path_factory.mktemp(f"train_{task}")
     results = run("--config-file", CONFIGS[task], *tiny_opts(output_dir))
-    return task, output_dir, results
+    # read now: later in-process runs add their own handlers to Detectron2's loggers
+    log = (output_dir / "log.txt").read_text()
+    return task, output_dir, results, log
 
 
+@pytest.mark.slow
 def test_training_writes_checkpoint_events_and_metrics(trained):
-    task, output_dir, results = trained
+    task, output_dir, results, _ = trained
     assert set(results) == EXPECTED_TASKS[task]
     metrics = flat_metrics(results)
     for key in ["bbox/AP", "bbox/AP50", "bbox/APs"] + (["segm/AP"] if task != "det" else []):
@@ -84,8 +88,19 @@ def test_training_writes_checkpoint_events_and_metrics(trained):
     assert lines[-1]["bbox/AP"] == pytest.approx(metrics["bbox/AP"], nan_ok=True)
 
 
+@pytest.mark.slow
+def test_log_file_is_plain_text_with_each_dump_once(trained):
+    _, output_dir, _, log = trained
+    assert "\x1b[" not in log  # no terminal colour codes
+    for dump in ("Environment info:", "Full config, saved to", "Model:\n", "Command line arguments"):
+        assert log.count(dump) == 1, dump
+    assert "Contents of args.config_file" not in log  # the full config includes the file
+    assert "iter: 3" in log and "total_loss" in log  # Detectron2's progress lines
+
+
+@pytest.mark.slow
 def test_eval_only_reproduces_training_metrics(trained):
-    task, output_dir, results = trained
+    task, output_dir, results, _ = trained
     weights = os.path.join(output_dir, "model_final.pth")
     evaluated = run(
         "--config-file", CONFIGS[task], "--eval-only", *tiny_opts(output_dir / "eval"),
@@ -96,8 +111,9 @@ def test_eval_only_reproduces_training_metrics(trained):
     )
 
 
+@pytest.mark.slow
 def test_resume_continues_at_saved_iteration(trained, tmp_path):
-    task, output_dir, _ = trained
+    task, output_dir, _, _ = trained
     resumed_dir = tmp_path / "resumed"
     shutil.copytree(output_dir, resumed_dir)
     before = len(read_metrics(resumed_dir))
@@ -108,6 +124,7 @@ def test_resume_continues_at_saved_iteration(trained, tmp_path):
     assert checkpoint["iteration"] == 5
 
 
+@pytest.mark.slow
 def test_two_process_cpu_training_and_evaluation(coco_root, tmp_path):
     config = CONFIGS["det"]
     argv = ["--config-file", config, "--num-gpus", "2", *tiny_opts(tmp_path, max_iter=2)]
@@ -137,9 +154,22 @@ def test_missing_config_file(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_config_key(coco_root, tmp_path):
-    with pytest.raises(KeyError, match="MODEL.FPN.DYSAMPLE.STYLES"):
-        run("--config-file", CONFIGS["det"], "MODEL.FPN.DYSAMPLE.STYLES", "lp")
+def test_unknown_config_key_names_the_key_meant(coco_root, tmp_path):
+    with pytest.raises(KeyError, match=r"STYEL \(did you mean MODEL.FPN.DYSAMPLE.STYLE\?\)"):
+        run("--config-file", CONFIGS["det"], *tiny_opts(tmp_path / "out"),
+            "MODEL.FPN.DYSAMPLE.STYEL", "lp")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("eval_only", [False, True])
+def test_bad_config_value_is_refused_before_anything_is_written(coco_root, tmp_path, eval_only):
+    weights = tmp_path / "model.pth"
+    weights.write_bytes(b"")  # never read: the config is refused first
+    argv = ["--eval-only"] if eval_only else []
+    with pytest.raises(ValueError, match=r"MODEL.FPN.DYSAMPLE.STYLE must be one of \['lp', 'pl'\]"):
+        run("--config-file", CONFIGS["det"], *argv, *tiny_opts(tmp_path / "out"),
+            "MODEL.WEIGHTS", weights, "MODEL.FPN.DYSAMPLE.STYLE", "xx")
+    assert not (tmp_path / "out").exists()
 
 
 def test_eval_only_needs_existing_weights(coco_root, tmp_path):
@@ -165,6 +195,7 @@ def test_eval_only_refuses_a_checkpoint_of_another_model(coco_root, tmp_path):
     message = str(err.value)
     assert "missing in the checkpoint" in message and "backbone.fpn_upsample5.offset.weight" in message
     assert "fpn_lateral" not in message
+    assert not (tmp_path / "out").exists()  # refused before config.yaml or log.txt
 
 
 def test_missing_dataset_directory_is_reported(tmp_path):

@@ -6,7 +6,7 @@ import re
 import torch
 from detectron2.config import CfgNode, get_cfg
 
-from ..config import add_dysample_config, dysample_kwargs_from_config
+from ..config import add_dysample_config, check_dysample_config
 from .checks import check_config_file
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def _unknown_key_error(err: Exception, cfg: CfgNode, source: str) -> KeyError:
     return KeyError(f"{source}: {message}{hint}")
 
 
-def setup_config(config_file: str, opts=(), *, freeze: bool = True) -> CfgNode:
+def setup_config(config_file: str, opts=(), *, freeze: bool = False) -> CfgNode:
     """
     The Detectron2 config (with the DySample keys) of ``config_file`` merged with ``opts``,
     a flat list of ``KEY VALUE`` pairs as train_net.py takes them on its command line.
@@ -54,8 +54,8 @@ def setup_config(config_file: str, opts=(), *, freeze: bool = True) -> CfgNode:
     written on any machine.
 
     Args:
-        freeze: return the config frozen (as train_net.py uses it); False for callers that
-            set further keys in code.
+        freeze: return the config frozen, as train_net.py runs it; callers that set further
+            keys in code leave it False.
     """
     check_config_file(config_file)
     cfg = get_cfg()
@@ -81,7 +81,7 @@ def setup_config(config_file: str, opts=(), *, freeze: bool = True) -> CfgNode:
     if cfg.MODEL.DEVICE == "cpu" and cfg.SOLVER.AMP.ENABLED:
         logger.warning("SOLVER.AMP.ENABLED set to False (Detectron2's AMP needs CUDA)")
         cfg.SOLVER.AMP.ENABLED = False
-    dysample_kwargs_from_config(cfg)  # validates MODEL.FPN.DYSAMPLE.*
+    check_dysample_config(cfg)
     if freeze:
         cfg.freeze()
     return cfg

@@ -14,6 +14,10 @@ logger = logging.getLogger(__name__)
 
 _MISSING = object()
 
+# Keys that Detectron2's lazy training reads (as default_setup does) with a default, though
+# its configs/common/train.py does not define them.
+OPTIONAL_KEYS = ("train.seed", "train.cudnn_benchmark")
+
 
 def _flat_keys(tree, prefix=""):
     items = tree.items() if isinstance(tree, dict) else enumerate(tree)
@@ -61,14 +65,14 @@ def _type_error(old, new):
 def _check_override(tree, text: str, key: str, value) -> None:
     parts = key.split(".")
     old = _lookup(tree, parts)
-    if old is _MISSING:
+    if old is _MISSING and key not in OPTIONAL_KEYS:
         parent = _lookup(tree, parts[:-1])
         target = parent.get("_target_") if isinstance(parent, dict) else None
         if target is not None and _accepts_argument(target, parts[-1]):
             return  # a constructor argument the config leaves at its default
         hint = closest_key(key, _flat_keys(tree))
         raise KeyError(f"override {text!r}: the config has no key {key}{hint}")
-    if isinstance(old, str) and (old.startswith("${") or old == "???"):
+    if old is _MISSING or isinstance(old, str) and (old.startswith("${") or old == "???"):
         return  # an interpolation or a value the config leaves to be set
     expected = _type_error(old, value)
     if expected:
@@ -98,11 +102,14 @@ def setup_lazy_config(path: str, overrides=()):
     Detectron2 would add an unknown key silently; here each override is checked before it
     is applied, and refused with a message that names it: a key the config does not have
     (with the closest valid key), unless it is an argument that the LazyCall target above it
-    accepts; a number or bool replaced by a value of another kind (``train.max_iter=abc``).
+    accepts or one of :data:`OPTIONAL_KEYS`; a number or bool replaced by a value of another kind (``train.max_iter=abc``);
+    DySample arguments that are not allowed (``model.backbone.style=xx``), naming the node.
     Without CUDA, ``train.device=cuda`` becomes ``cpu``, and on CPU ``train.amp.enabled``
     becomes false (Detectron2's AMP needs CUDA), each with a warning.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from ..modeling.lazy import check_dysample_arguments
 
     check_config_file(path)
     cfg = LazyConfig.load(path)
@@ -111,6 +118,7 @@ def setup_lazy_config(path: str, overrides=()):
         key, value = _parse_override(parser, str(text))
         _check_override(OmegaConf.to_container(cfg, resolve=False), text, key, value)
         LazyConfig.apply_overrides(cfg, [str(text)])
+    check_dysample_arguments(cfg)
     train = cfg.get("train")
     if train is not None and "device" in train:
         if train.device.startswith("cuda") and not torch.cuda.is_available():

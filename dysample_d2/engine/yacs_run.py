@@ -65,7 +65,7 @@ class YacsRun:
     weights_key = "MODEL.WEIGHTS"
 
     def __init__(self, config_file: str, opts):
-        self.cfg = setup_config(config_file, opts)
+        self.cfg = setup_config(config_file, opts, freeze=True)
         self.output_dir = self.cfg.OUTPUT_DIR
         self.seed = self.cfg.SEED
         self.weights = self.cfg.MODEL.WEIGHTS
