@@ -8,6 +8,7 @@ from .modeling import (
     build_retinanet_resnet_dysample_fpn_backbone,
 )
 from .modeling import DySampleSemSegFPNHead
+from .modeling import DySampleSimpleFeaturePyramid, dysample_fpn, dysample_simple_feature_pyramid
 
 __version__ = "0.1.0"
 
@@ -21,4 +22,7 @@ __all__ = [
     "build_resnet_dysample_fpn_backbone",
     "build_retinanet_resnet_dysample_fpn_backbone",
     "DySampleSemSegFPNHead",
+    "DySampleSimpleFeaturePyramid",
+    "dysample_fpn",
+    "dysample_simple_feature_pyramid",
 ]

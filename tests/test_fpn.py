@@ -164,3 +164,18 @@ def test_in_place_lateral_sum_trains_as_the_separate_sum(norm):
     grads = torch.autograd.grad(sum(r.square().sum() for r in results), params)
     for g, e in zip(grads, expected_grads):
         torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
+
+
+def test_takes_fpn_arguments_by_the_same_names_and_defaults():
+    """A lazy config's L(FPN)(...) node becomes DySample-FPN by its target alone."""
+    import inspect
+
+    from detectron2.modeling.backbone import FPN
+
+    fpn = inspect.signature(FPN.__init__).parameters
+    ours = inspect.signature(DySampleFPN.__init__).parameters
+    assert list(ours)[: len(fpn)] == list(fpn)
+    assert all(ours[name].default == fpn[name].default for name in fpn)
+    assert {k: ours[k].default for k in list(ours)[len(fpn):]} == {
+        "style": "lp", "groups": 4, "dyscope": False, "scope_bias": False
+    }

@@ -26,24 +26,42 @@ class DySampleFPN(FPN):
     fpn_upsample4 and fpn_upsample3.
     """
 
-    def __init__(self, *args, style="lp", groups=4, dyscope=False, scope_bias=False, **kwargs):
+    def __init__(
+        self,
+        bottom_up,
+        in_features,
+        out_channels,
+        norm="",
+        top_block=None,
+        fuse_type="sum",
+        square_pad=0,
+        *,
+        style="lp",
+        groups=4,
+        dyscope=False,
+        scope_bias=False,
+    ):
         """
         Args:
-            args, kwargs: as for :class:`detectron2.modeling.FPN`.
-            style, groups, dyscope, scope_bias: as for :class:`DySample`; every upsampler has the
-                FPN's out_channels and scale 2.
+            bottom_up, in_features, out_channels, norm, top_block, fuse_type, square_pad: as
+                for :class:`detectron2.modeling.FPN` (the same names, so a lazy config's
+                ``L(FPN)(...)`` node becomes a DySample-FPN by its target alone).
+            style, groups, dyscope, scope_bias: as for :class:`DySample`; every upsampler has
+                the FPN's out_channels and scale 2. Bad values raise DySample's ValueError
+                (argument name and allowed values) before the FPN is built.
         """
-        super().__init__(*args, **kwargs)
-        input_shapes = self.bottom_up.output_shape()
-        out_channels = self._out_feature_channels[self._out_features[0]]
-        upsamplers = []
+        input_shapes = bottom_up.output_shape()
         # Top-down order, as self.lateral_convs: coarsest level first, finest last.
-        for in_feature in reversed(self.in_features[1:]):
-            stage = int(math.log2(input_shapes[in_feature].stride))
-            upsampler = DySample(out_channels, 2, style=style, groups=groups, dyscope=dyscope,
-                                 scope_bias=scope_bias)
+        stages = [int(math.log2(input_shapes[f].stride)) for f in reversed(in_features[1:])]
+        upsamplers = [
+            DySample(out_channels, 2, style=style, groups=groups, dyscope=dyscope,
+                     scope_bias=scope_bias)
+            for _ in stages
+        ]
+        super().__init__(bottom_up, in_features, out_channels, norm=norm, top_block=top_block,
+                         fuse_type=fuse_type, square_pad=square_pad)
+        for stage, upsampler in zip(stages, upsamplers):
             self.add_module(f"fpn_upsample{stage}", upsampler)
-            upsamplers.append(upsampler)
         self.upsamplers = upsamplers
 
     def forward(self, x):
