@@ -24,7 +24,10 @@ dataloader.test.mapper.augmentations = [
     L(T.ResizeShortestEdge)(short_edge_length=1024, max_size=1024),
 ]
 
-train.init_checkpoint = "detectron2://ImageNetPretrained/MAE/mae_pretrain_vit_base.pth"
+# the MAE checkpoint names the ViT's weights without the "backbone.net." prefix
+train.init_checkpoint = (
+    "detectron2://ImageNetPretrained/MAE/mae_pretrain_vit_base.pth?matching_heuristics=True"
+)
 lr_multiplier.warmup_length = 250 / train.max_iter
 lr_multiplier.warmup_factor = 0.001
 

@@ -28,6 +28,7 @@ from .semantic_seg import DySampleSemSegFPNHead
 from .vitdet import DySampleSimpleFeaturePyramid
 
 __all__ = [
+    "DYSAMPLE_TARGETS",
     "LAZY_LAYOUT",
     "check_dysample_arguments",
     "dysample_fpn",
@@ -36,7 +37,7 @@ __all__ = [
     "model_zoo_recipe",
 ]
 
-# DySample's arguments and defaults, as DySampleFPN and DySampleSimpleFeaturePyramid take them.
+# DySample's arguments and defaults, as the DYSAMPLE_TARGETS take them.
 DYSAMPLE_DEFAULTS = dict(style="lp", groups=4, dyscope=False, scope_bias=False)
 
 # The top-level keys of Detectron2's lazy training configs, in the order model_zoo_recipe
@@ -103,22 +104,26 @@ def dysample_sem_seg_head(head, style="lp", groups=4, dyscope=False, scope_bias=
     return _convert(head, SemSegFPNHead, DySampleSemSegFPNHead, args)
 
 
-def _upsampler_channels(node, target):
-    """Channels of the DySample modules a node builds, where the config alone tells them."""
-    if target is DySampleFPN:
-        return [node.out_channels]
-    if target is DySampleSemSegFPNHead:
-        return [node.conv_dims]
+def _pyramid_channels(node):
     net = node.get("net")
     if isinstance(net, DictConfig) and "embed_dim" in net:  # ViT: features of embed_dim
         return DySampleSimpleFeaturePyramid.upsampler_channels(net.embed_dim, node.scale_factors)
     return []
 
 
+# LazyCall targets that build DySample modules from DySample's arguments -> the channels of
+# those modules as the node tells them (an empty list where only the built network knows).
+DYSAMPLE_TARGETS = {
+    DySampleFPN: lambda node: [node.out_channels],
+    DySampleSimpleFeaturePyramid: _pyramid_channels,
+    DySampleSemSegFPNHead: lambda node: [node.conv_dims],
+}
+
+
 def check_dysample_arguments(cfg, path=None) -> None:
     """
-    Check the DySample arguments of every DySampleFPN / DySampleSimpleFeaturePyramid node
-    under ``cfg`` (a lazy config or any node of one) without building the model, so that a
+    Check the DySample arguments of every node under ``cfg`` (a lazy config or any node of
+    one) whose target is in :data:`DYSAMPLE_TARGETS`, without building the model, so that a
     bad value, in the file or in a ``key=value`` override, fails early with the node's key
     path, the argument and its allowed values (DySample's own checks).
     """
@@ -126,9 +131,9 @@ def check_dysample_arguments(cfg, path=None) -> None:
         path = cfg._get_full_key(None) if isinstance(cfg, (DictConfig, ListConfig)) else ""
     if isinstance(cfg, DictConfig):
         target = _target(cfg) if "_target_" in cfg else None
-        if target in (DySampleFPN, DySampleSimpleFeaturePyramid, DySampleSemSegFPNHead):
+        if target in DYSAMPLE_TARGETS:
             args = {k: cfg.get(k, default) for k, default in DYSAMPLE_DEFAULTS.items()}
-            for channels in _upsampler_channels(cfg, target):
+            for channels in DYSAMPLE_TARGETS[target](cfg):
                 try:
                     DySample(channels, 2, **args)  # a 1x1 conv: its checks, nothing to build
                 except ValueError as e:
