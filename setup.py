@@ -17,6 +17,10 @@ setup(
     extras_require={
         "demo": ["opencv-python-headless<4.12", "panopticapi-lite"],
         "export": ["onnx==1.23.2", "onnxruntime==1.32.0", "ml-dtypes==0.5.4"],
+        # runtimes and exporters of docs/deployment.md that install beside torch and numpy<2
+        # (ExecuTorch and LiteRT's converters need numpy >= 2: see that page)
+        "deploy": ["onnx==1.23.2", "onnxruntime==1.32.0", "ml-dtypes==0.5.4",
+                   "onnxscript==0.7.2", "openvino==2026.4.1"],
         "test": ["pytest>=7", "opencv-python-headless<4.12", "panopticapi-lite",
                  "onnx==1.23.2", "onnxruntime==1.32.0", "ml-dtypes==0.5.4"],
     },

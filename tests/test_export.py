@@ -1,5 +1,5 @@
 """
-TorchScript / ONNX export of DySample-FPN R-CNNs (dysample_d2/export.py, scripts/export_model.py).
+TorchScript / ONNX export of DySample-FPN R-CNNs (dysample_d2/export/, scripts/export_model.py).
 
 Tolerances (CPU, float32): traced vs eager, boxes 1e-4 px, scores and mask probabilities
 1e-5, classes exact (measured here: equal); ONNX Runtime vs eager FPN features,
@@ -20,7 +20,9 @@ from dysample_d2.export import (
     BackboneExport,
     ExportError,
     export_onnx,
+    check_opset,
     output_names,
+    script_model,
     trace_model,
     tracing_adapter,
 )
@@ -114,6 +116,47 @@ def run_script(*args):
     )
 
 
+def load_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "export_model", os.path.join(REPO, "scripts", "export_model.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--format", "onnx", "--opset", "11", "--sampler", "gridsample"],
+     "GridSample needs opset >= 16"),
+    (["--format", "onnx", "--opset", "30"], "ONNX opset 30 is outside 11..20"),
+    (["--format", "onnx", "--dynamo", "--opset", "17"], "ONNX opset 17 is outside 18..23"),
+    (["--format", "export", "--opset", "17"], "--opset are options of --format onnx"),
+    (["--format", "export", "--runtime", "onnxruntime"], "does not run the export format"),
+    (["--format", "export", "--runtime", "executorch"], "requires numpy >= 2"),
+    (["--format", "onnx", "--export-method", "scripting"], "use --format torchscript"),
+])
+def test_cli_refuses_impossible_combinations_before_building(tmp_path, capsys, args, message):
+    config = config_path("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
+    code = load_script().main(["--config-file", config, "--output", str(tmp_path), *args])
+    err = capsys.readouterr().err
+    assert code == 1 and "cannot export" in err and message in err, err
+    assert not os.listdir(tmp_path)
+
+
+def test_cli_names_the_extra_of_a_missing_runtime(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "openvino" else real(name, *a))
+    config = config_path("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
+    code = load_script().main(["--config-file", config, "--output", str(tmp_path),
+                               "--format", "onnx", "--runtime", "openvino"])
+    err = capsys.readouterr().err
+    assert code == 1 and "runtime openvino is not installed: pip install -e '.[deploy]'" in err
+
+
 def test_cli_exports_torchscript(tmp_path):
     config = config_path("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
     result = run_script("--config-file", config, "--format", "torchscript",
@@ -128,12 +171,7 @@ def test_cli_exports_torchscript(tmp_path):
 
 def test_impossible_export_says_which_op_and_module(tmp_path, capsys):
     """Detectron2's deformable conv is a Python autograd function: neither format has it."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "export_model", os.path.join(REPO, "scripts", "export_model.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script()
     config = config_path("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
     code = script.main([
         "--config-file", config, "--format", "torchscript", "--output", str(tmp_path),
@@ -148,10 +186,28 @@ def test_impossible_export_says_which_op_and_module(tmp_path, capsys):
     assert not (tmp_path / "model.ts").exists()
 
 
-def test_onnx_opset_too_old_is_refused(tmp_path):
+def test_gridsample_below_opset_16_is_refused(tmp_path):
     model = tiny_model("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
-    with pytest.raises(ExportError, match="grid_sample needs opset >= 16"):
-        export_onnx(BackboneExport(model), image(64, 64), str(tmp_path / "x.onnx"), opset=11)
+    with pytest.raises(ExportError, match="GridSample needs opset >= 16; use the gather"):
+        export_onnx(BackboneExport(model), image(64, 64), str(tmp_path / "x.onnx"), opset=11,
+                    sampler="gridsample")
+
+
+@pytest.mark.parametrize("opset,exporter", [(10, "torchscript"), (21, "torchscript"),
+                                            (17, "dynamo"), (24, "dynamo")])
+def test_opsets_the_exporters_cannot_write_are_refused(opset, exporter):
+    with pytest.raises(ExportError, match=rf"ONNX opset {opset} is outside \d+\.\.\d+"):
+        check_opset(opset, exporter)
+
+
+def test_scripting_is_refused_naming_tracing_and_torch_export():
+    """torch.jit.script cannot compile DySample's autograd Function and grid cache."""
+    model = tiny_model("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
+    with pytest.raises(ExportError) as info:
+        script_model(model, {})
+    message = str(info.value)
+    assert "backbone.fpn_upsample5 and 2 more" in message
+    assert "tracing" in message and "torch.export" in message and "--format export" in message
 
 
 def test_onnx_op_without_conversion_is_named(tmp_path):

@@ -1,0 +1,112 @@
+"""
+What every export format records: the model of a config, its image -> features part
+(:class:`BackboneExport`) and its image -> flattened detections part (:func:`tracing_adapter`).
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.export import TracingAdapter
+from detectron2.modeling import GeneralizedRCNN, PanopticFPN
+from detectron2.structures import ImageList
+
+__all__ = ["ExportError", "load_model", "BackboneExport", "tracing_adapter", "pad_image"]
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be done; the message names the part of the model and why."""
+
+
+def load_model(config_file: str, weights=None, opts=()):
+    """
+    Build the model of a config file (+ command-line `opts`) in eval mode and load
+    `weights` (default: MODEL.WEIGHTS; none: random init) strictly. CPU unless CUDA exists.
+
+    Returns:
+        (CfgNode, nn.Module)
+    """
+    from detectron2.modeling import build_model
+
+    from ..engine import load_exact_checkpoint, setup_config
+
+    cfg = setup_config(config_file, opts)
+    if weights is not None:
+        cfg.MODEL.WEIGHTS = weights
+    if not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    model = build_model(cfg).eval()
+    if cfg.MODEL.WEIGHTS:
+        load_exact_checkpoint(model, cfg.MODEL.WEIGHTS)
+    return cfg, model
+
+
+def pad_image(x: torch.Tensor, backbone: nn.Module) -> torch.Tensor:
+    """
+    [C, H, W] -> [1, C, H', W'] zero-padded at the bottom and right to the backbone's size
+    divisibility, as ``ImageList.from_tensors`` pads one image. While tracing, through
+    ``ImageList`` (which records the padding from tensor sizes); otherwise with integer
+    sizes, which torch.export keeps symbolic (``ImageList`` computes them in tensors, whose
+    values torch.export cannot see).
+    """
+    constraints = backbone.padding_constraints or {}
+    if torch.jit.is_tracing() or constraints.get("square_size", 0) > 0:
+        return ImageList.from_tensors(
+            [x], backbone.size_divisibility, padding_constraints=backbone.padding_constraints
+        ).tensor
+    divisor = max(constraints.get("size_divisibility", backbone.size_divisibility), 1)
+    h, w = x.shape[-2:]
+    return F.pad(x, (0, (-w) % divisor, 0, (-h) % divisor))[None]
+
+
+def _inference_func(model):
+    """(model, image[3, H, W]) -> outputs, without resizing to the original image size."""
+    def rcnn(model, image):
+        return [{"instances": model.inference([{"image": image}], do_postprocess=False)[0]}]
+
+    def panoptic(model, image):
+        instances, sem_seg = model.inference([{"image": image}], do_postprocess=False)
+        return [{"instances": instances[0], "sem_seg": sem_seg[0]}]
+
+    def other(model, image):  # e.g. RetinaNet: traceable, resizes to the input's own size
+        return model([{"image": image}])
+
+    if isinstance(model, PanopticFPN):
+        return panoptic
+    return rcnn if isinstance(model, GeneralizedRCNN) else other
+
+
+def tracing_adapter(model: nn.Module, image: torch.Tensor) -> TracingAdapter:
+    """
+    Args:
+        model: a Detectron2 meta-architecture.
+        image (Tensor[3, H, W]): float, cfg.INPUT.FORMAT, 0-255 (``batched_inputs[i]["image"]``).
+
+    Returns:
+        TracingAdapter (eval mode): image -> tuple of tensors;
+        ``adapter.outputs_schema(outputs)`` rebuilds ``[{"instances": Instances, ...}]``.
+    """
+    return TracingAdapter(model.eval(), (image,), _inference_func(model)).eval()
+
+
+class BackboneExport(nn.Module):
+    """
+    The features the model's heads see: normalizes the image, pads it to a multiple of
+    ``backbone.size_divisibility`` as ``model.preprocess_image`` does, runs the backbone.
+
+    Shapes: image [3, H, W] (model input format, 0-255) -> tuple of [1, C, H_k, W_k], one per
+    ``self.names`` ("p2", ..., "p6").
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.backbone = model.backbone.eval()  # only what is used: a smaller export
+        self.register_buffer("pixel_mean", model.pixel_mean, persistent=False)
+        self.register_buffer("pixel_std", model.pixel_std, persistent=False)
+        shapes = self.backbone.output_shape()
+        self.names = sorted(shapes, key=lambda k: shapes[k].stride)
+
+    def forward(self, image: torch.Tensor):
+        x = (image.to(self.pixel_mean.device) - self.pixel_mean) / self.pixel_std
+        features = self.backbone(pad_image(x, self.backbone))
+        return tuple(features[k] for k in self.names)
