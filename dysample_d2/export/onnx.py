@@ -11,6 +11,7 @@ from torch import nn
 
 from detectron2.export import TracingAdapter
 from detectron2.export.flatten import DictSchema, InstancesSchema, ListSchema
+from detectron2.layers import ROIAlign
 
 from .model import BackboneExport, ExportError
 from ..layers import sampler as use_sampler
@@ -58,10 +59,29 @@ def export_onnx(module: nn.Module, image: torch.Tensor, path: str, opset: int = 
     """
     opset = opset or (DYNAMO_OPSET if dynamo else ONNX_OPSET)
     check_opset(opset, "dynamo" if dynamo else "torchscript")
+    _check_roi_align(module, opset)
     with use_sampler(resolve_sampler(sampler, opset)):
         if dynamo:
             return _export_dynamo(module, image, path, opset)
         return _export_torchscript_based(module, image, path, opset)
+
+
+def _check_roi_align(module: nn.Module, opset: int) -> None:
+    """
+    Below opset 16 torchvision writes ROIAlign as ONNX RoiAlign without ``aligned=True``'s
+    half-pixel offset (warning only): Detectron2's ROIAlignV2 poolers would pool other pixels.
+    """
+    if opset >= 16:
+        return
+    where = [name for name, m in module.named_modules()
+             if isinstance(m, ROIAlign) and getattr(m, "aligned", False)]
+    if where:
+        raise ExportError(
+            f"ONNX opset {opset}: {_scope_to_name(where[0])} is ROIAlign with aligned=True "
+            "(ROIAlignV2), which ONNX RoiAlign has only from opset 16 (below, torchvision "
+            "drops the half-pixel offset and the boxes change); use opset >= 16, or export "
+            "the backbone only"
+        )
 
 
 def _export_torchscript_based(module, image, path, opset):

@@ -1,0 +1,175 @@
+"""
+The runtime matrix of docs/deployment.md on tiny random models: each export is written at
+one size and run at two others in a runtime, against the eager model sampling the same way
+(``dysample_d2.layers.sampler``). Features within 1e-4 of their largest value; whole models:
+the same detections (count and classes), boxes within 1e-3 px, scores, mask probabilities
+and semantic logits within 1e-4. Runtimes come from ``pip install -e ".[deploy]"``; a test
+whose runtime is missing is skipped, naming it.
+"""
+import importlib.util
+
+import pytest
+import torch
+
+from dysample_d2.export import (
+    BackboneExport,
+    ExportError,
+    export_onnx,
+    export_program,
+    load_runtime,
+    max_abs_diffs,
+    max_rel_diffs,
+    output_names,
+    tracing_adapter,
+)
+from dysample_d2.layers import sampler
+from test_export import image, tiny_model
+
+MODELS = {
+    "faster": "quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml",
+    "mask": "quickstart/mask_rcnn_R_50_DySample_FPN_tiny.yaml",
+    "panoptic": "quickstart/panoptic_fpn_R_50_DySample_tiny.yaml",
+}
+EXPORT_SIZE = (96, 128)
+RUN_SIZES = [(128, 96), (96, 160)]  # multiples of 32 from 96: torch.export programs take them
+DETECTION_TOLERANCES = {"pred_boxes": 1e-3, "scores": 1e-4, "pred_masks": 1e-4}
+ONNX_CELLS = [("gridsample", 17), ("gather", 16)]
+
+
+def needs(runtime):
+    if importlib.util.find_spec(runtime) is None:
+        pytest.skip(f"{runtime} is not installed (pip install -e '.[deploy]')")
+
+
+_models = {}
+
+
+def model(name):
+    if name not in _models:
+        _models[name] = tiny_model(MODELS[name])
+    return _models[name]
+
+
+def check_features(module, run, sampler_name, names):
+    for seed, size in enumerate(RUN_SIZES, start=1):
+        x = image(*size, seed=seed)
+        with sampler(sampler_name), torch.no_grad():
+            expected = module(x)
+        for i, diff in max_rel_diffs(expected, run(x)).items():
+            assert diff <= 1e-4, f"{names[i]} at {size}: relative difference {diff:.1e}"
+
+
+def check_detections(adapter, run, sampler_name, names):
+    for seed, size in enumerate(RUN_SIZES, start=1):
+        x = image(*size, seed=seed)
+        with sampler(sampler_name), torch.no_grad():
+            expected = adapter(x)
+        actual = run(x)
+        assert len(expected[0]) > 0  # the comparison covers real detections
+        diffs = max_abs_diffs(expected, actual)  # ValueError: another number of detections
+        for i, name in enumerate(names):
+            if name == "pred_classes" or name == "image_size":
+                assert diffs[i] == 0, f"{name} at {size} differ"
+            elif name == "sem_seg":
+                rel = max_rel_diffs(expected, actual)[i]
+                assert rel <= 1e-4, f"sem_seg at {size}: relative difference {rel:.1e}"
+            else:
+                limit = DETECTION_TOLERANCES[name]
+                assert diffs[i] <= limit, f"{name} at {size}: {diffs[i]:.1e} > {limit}"
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("sampler_name,opset", ONNX_CELLS)
+@pytest.mark.parametrize("name", list(MODELS))
+def test_onnx_whole_model_in_runtime(tmp_path, name, sampler_name, opset, runtime):
+    needs(runtime)
+    adapter = tracing_adapter(model(name), image(*EXPORT_SIZE))
+    path = str(tmp_path / "model.onnx")
+    names = export_onnx(adapter, image(*EXPORT_SIZE), path, opset=opset, sampler=sampler_name)
+    check_detections(adapter, load_runtime(runtime, "onnx", path), sampler_name, names)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("opset", [
+    pytest.param(11, marks=pytest.mark.xfail(
+        reason="grid_sample_gather clamps int64 corner indices: ONNX Clip takes integers "
+               "from opset 12", strict=False)),
+    12,
+])
+def test_onnx_gather_backbone_below_opset_16(tmp_path, opset, runtime):
+    """Detectron2's default opset 11 and the others before GridSample: the gather sampler."""
+    needs(runtime)
+    backbone = BackboneExport(model("faster"))
+    path = str(tmp_path / "backbone.onnx")
+    names = export_onnx(backbone, image(*EXPORT_SIZE), path, opset=opset)  # auto: gather
+    check_features(backbone, load_runtime(runtime, "onnx", path), "gather", names)
+
+
+def test_onnx_whole_model_below_opset_16_is_refused(tmp_path):
+    adapter = tracing_adapter(model("faster"), image(*EXPORT_SIZE))
+    with pytest.raises(ExportError, match=r"roi_heads.box_pooler.* ROIAlign with aligned=True"):
+        export_onnx(adapter, image(*EXPORT_SIZE), str(tmp_path / "m.onnx"), opset=12)
+
+
+@pytest.mark.parametrize("sampler_name", ["gridsample", "gather"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_torchscript_whole_model_in_torch(tmp_path, name, sampler_name):
+    adapter = tracing_adapter(model(name), image(*EXPORT_SIZE))
+    path = str(tmp_path / "model.ts")
+    with sampler(sampler_name):
+        torch.jit.save(torch.jit.trace(adapter, (image(*EXPORT_SIZE),), check_trace=False), path)
+    check_detections(adapter, load_runtime("torch", "torchscript", path), sampler_name,
+                     output_names(adapter))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler_name", ["gridsample", "gather"])
+def test_torch_export_backbone_in_torch(tmp_path, sampler_name):
+    backbone = BackboneExport(model("faster"))
+    path = str(tmp_path / "backbone.pt2")
+    with sampler(sampler_name):
+        torch.export.save(export_program(backbone, image(*EXPORT_SIZE)), path)
+    check_features(backbone, load_runtime("torch", "export", path), sampler_name,
+                   backbone.names)
+
+
+def test_torch_export_program_takes_padded_sizes_only():
+    backbone = BackboneExport(model("faster"))
+    with pytest.raises(ExportError, match="multiples of 32 from 96"):
+        export_program(backbone, image(100, 128))
+
+
+@pytest.mark.slow
+def test_torch_export_program_in_openvino_cannot(tmp_path):
+    """OpenVINO's PyTorch frontend does not convert the program's symbolic sizes."""
+    needs("openvino")
+    path = str(tmp_path / "backbone.pt2")
+    with sampler("gridsample"):
+        torch.export.save(export_program(BackboneExport(model("faster")), image(*EXPORT_SIZE)),
+                          path)
+    with pytest.raises(ExportError, match="OpenVINO cannot convert the torch.export program"):
+        load_runtime("openvino", "export", path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["faster", "panoptic"])
+def test_torch_export_whole_model_is_refused_naming_detectron2s_line(name):
+    adapter = tracing_adapter(model(name), image(*EXPORT_SIZE))
+    with pytest.raises(ExportError) as info:
+        export_program(adapter, image(*EXPORT_SIZE))
+    message = str(info.value)
+    assert "proposal_generator (RPN)" in message
+    assert "proposal_utils.py" in message and "valid_mask.all()" in message
+    assert "--backbone-only" in message and "tracing" in message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler_name", ["gridsample", "gather"])
+def test_dynamo_onnx_backbone_in_runtimes(tmp_path, sampler_name):
+    needs("onnxscript")
+    backbone = BackboneExport(model("faster"))
+    path = str(tmp_path / "backbone.onnx")
+    names = export_onnx(backbone, image(*EXPORT_SIZE), path, sampler=sampler_name, dynamo=True)
+    for runtime in ("onnxruntime", "openvino"):
+        if importlib.util.find_spec(runtime) is not None:
+            check_features(backbone, load_runtime(runtime, "onnx", path), sampler_name, names)
