@@ -7,8 +7,9 @@ DySample-FPN training and evaluation, for YACS (.yaml) and LazyConfig (.py) conf
     python train_net.py --config-file ... --resume
     python train_net.py --config-file ... --num-gpus 8 [--num-machines M --machine-rank R --dist-url U]
 
-    python train_net.py --config-file path/to/lazy_config.py [train.max_iter=1000 ...]
-    python train_net.py --config-file path/to/lazy_config.py --eval-only \
+    python train_net.py --config-file configs/new_baselines/mask_rcnn_R_50_DySample_FPN_100ep_LSJ.py \
+        [--num-gpus 8] [train.max_iter=1000 ...]
+    python train_net.py --config-file configs/new_baselines/... --eval-only \
         train.init_checkpoint=output/model_final.pth
 
 YACS configs take trailing ``KEY VALUE`` options and train with Detectron2's DefaultTrainer;

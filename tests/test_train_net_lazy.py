@@ -2,6 +2,7 @@
 recipe (and this project's DySample variant of it) trained, resumed and evaluated on the
 generated COCO-layout data at tiny CPU settings given as key=value overrides; bad overrides
 and checkpoints refused before anything is written."""
+import json
 import math
 import os
 
@@ -47,9 +48,14 @@ def tiny_overrides(output_dir, max_iter=2):
         "model.roi_heads.box_predictor.test_topk_per_image=20",
         # the recipe's lr is for batch 64 after 500 warm-up steps (a fraction of max_iter)
         "optimizer.lr=0.001",
+        f"dataloader.evaluator.output_dir={output_dir}/inference",  # the detections' json
         f"train.max_iter={max_iter}", "train.device=cpu", "train.seed=0",
         f"train.output_dir={output_dir}",
     ]
+
+
+def flat(results):
+    return {f"{task}/{k}": v for task, metrics in results.items() for k, v in metrics.items()}
 
 
 def run(config, *argv):
@@ -85,7 +91,10 @@ def test_eval_only_loads_the_checkpoint_exactly_and_prints_coco_metrics(trained,
     output_dir, results = trained
     evaluated = run(D2_LSJ, "--eval-only", *tiny_overrides(tmp_path / "eval"),
                     f"train.init_checkpoint={output_dir / 'model_final.pth'}")
-    assert evaluated == pytest.approx(results, rel=1e-9, abs=1e-9, nan_ok=True)
+    assert flat(evaluated) == pytest.approx(flat(results), rel=1e-9, abs=1e-9, nan_ok=True)
+    detections = [json.loads((d / "inference" / "coco_instances_results.json").read_text())
+                  for d in (output_dir, tmp_path / "eval")]
+    assert detections[0] and detections[0] == detections[1]  # the very same model
     log = (tmp_path / "eval" / "log.txt").read_text()
     assert "copypaste: Task: bbox" in log and "copypaste: Task: segm" in log
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
@@ -117,6 +126,19 @@ def test_eval_only_refuses_a_checkpoint_of_another_model(trained, tmp_path):
     assert "missing in the checkpoint" in message
     assert "roi_heads.mask_head.predictor.weight" in message and "backbone" not in message
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_two_process_cpu_training_with_the_recipes_ddp_settings(coco_root, tmp_path):
+    """train.ddp of the recipe (fp16 gradient compression) over gloo, device_ids None."""
+    from detectron2.engine import launch
+
+    args = default_argument_parser().parse_args(
+        ["--config-file", D2_LSJ, "--num-gpus", "2", *tiny_overrides(tmp_path, max_iter=1)])
+    launch(train_net.main, 2, num_machines=1, machine_rank=0, dist_url="auto", args=(args,))
+    assert torch.load(tmp_path / "model_final.pth", weights_only=False)["iteration"] == 0
+    detections = json.loads((tmp_path / "inference" / "coco_instances_results.json").read_text())
+    assert len({d["image_id"] for d in detections}) == 3  # both processes' shares gathered
 
 
 @pytest.mark.slow
