@@ -9,6 +9,10 @@ from pathlib import Path
 
 import torch
 
+from dysample_d2.benchmark import SMOKE_RUN
+
+REPO = Path(__file__).resolve().parents[1]
+
 # shape/index arithmetic of the traced graphs: no arithmetic on feature maps
 _NO_FLOP_OPS = [
     "aten::pixel_shuffle", "aten::pixel_unshuffle", "aten::cumsum", "aten::repeat_interleave",
@@ -106,21 +110,39 @@ def cpu_model() -> str:
 
 
 def header_lines(title, info) -> list:
-    """The first lines of a results.md: title, the command that made it, machine and load."""
-    return [
-        f"# {title}", "",
+    """The first lines of a results.md: title, the command that made it, machine and load;
+    a --quick run says first that it is a smoke run."""
+    smoke = [f"**{SMOKE_RUN}** (--quick)", ""] if info.get("smoke") else []
+    return [f"# {title}", ""] + smoke + [
         f"Command: `{info['command']}`", "",
         f"Machine: {info['machine']}; 1-minute load average {info['load_start']} at the start, "
         f"{info['load_end']} at the end (other jobs share the machine).", "",
     ]
 
 
+def start_info(device, threads, script, quick) -> dict:
+    """machine_info plus the command line, the load at the start and the smoke-run flag;
+    prints the machine line (and the smoke-run label)."""
+    info = machine_info(device, threads)
+    info["command"] = "python " + " ".join([os.path.relpath(script, REPO)] + sys.argv[1:])
+    info["load_start"] = load_average()
+    info["smoke"] = quick
+    print(info["machine"], flush=True)
+    if quick:
+        print(SMOKE_RUN, flush=True)
+    return info
+
+
 def write_results(out_dir, info, rows, write_markdown, args) -> Path:
-    """DIR/results.json (info and rows) and DIR/results.md (`write_markdown`); returns DIR."""
+    """DIR/results.json (info and rows) and DIR/results.md (`write_markdown`), with the load at
+    the end; returns DIR."""
+    info["load_end"] = load_average()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(dict(info=info, rows=rows), indent=1))
     write_markdown(out / "results.md", rows, info, args)
+    if info.get("smoke"):
+        print(SMOKE_RUN, flush=True)
     return out
 
 
@@ -156,7 +178,7 @@ def write_chart(path, rows, title):
     for i, row in enumerate(rows):
         color = colors[(2 * i) % 20 + (2 * i) // 20 % 2]
         name = row["case"]
-        marker = ("D" if name.startswith("straightforward") else "^" if "(PyTorch)" in name
+        marker = ("D" if name.startswith("authors") else "^" if "(grid_sample)" in name
                   else "o" if name.startswith("DySample") else "s")
         kparams = row["params"] / 1e3
         ax.scatter([kparams], [row["train_ms"]], color=color, marker=marker, s=40, label=name)

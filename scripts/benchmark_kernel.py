@@ -8,23 +8,22 @@ row copies depend on; the defaults are an FPN's three top-down steps of a batch 
 4 groups (8 image-groups of 64 channels). Median of interleaved repeats. Writes
 DIR/results.md and DIR/results.json.
 
-    python scripts/benchmark_kernel.py --out /tmp/kernel
-    python scripts/benchmark_kernel.py --quick --out /tmp/kernel    # smoke run
+    python scripts/benchmark_kernel.py --out output/kernel
+    python scripts/benchmark_kernel.py --quick --out output/kernel    # smoke run
 """
 import argparse
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent), str(REPO / "tests")]
+sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
 
 import torch  # noqa: E402
 
-from bench_common import header_lines, load_average, machine_info, write_results  # noqa: E402
-from helpers import dysample_like_grid  # noqa: E402
+from bench_common import header_lines, start_info, write_results  # noqa: E402
+from dysample_d2.benchmark import dysample_like_grid  # noqa: E402
 
 DEFAULT_SHAPES = [(8, 64, 25, 42), (8, 64, 50, 84), (8, 64, 100, 168)]
 DEFAULT_OFFSETS = (0.0, 0.5, 2.0, 10.0)
@@ -116,13 +115,10 @@ def main(argv=None):
     if kernel is None:
         sys.exit(native.status())
     torch.set_num_threads(args.threads)
-    info = machine_info(torch.device("cpu"), args.threads)
-    info["command"] = "python " + " ".join([os.path.relpath(__file__, REPO)] + sys.argv[1:])
+    info = start_info(torch.device("cpu"), args.threads, __file__, args.quick)
     info["kernel"] = native.status()
-    info["load_start"] = load_average()
-    print(f"{info['machine']}\n{info['kernel']}", flush=True)
+    print(info["kernel"], flush=True)
     rows = [measure(shape, px, kernel, args) for shape in args.shapes for px in args.offsets]
-    info["load_end"] = load_average()
     out = write_results(args.out, info, rows, write_markdown, args)
     print(f"wrote {out / 'results.md'}")
 

@@ -16,11 +16,10 @@ FrozenBN weights let ResNet-50's activations grow to about 1e3 and the offsets t
 trained model lies in between; the table reports the offsets measured.
 
     python scripts/benchmark_model.py --out benchmark_results/model           # 800x1333
-    python scripts/benchmark_model.py --quick --out /tmp/model                # smoke run
-    python scripts/benchmark_model.py --archs backbone --calibrate-bn --out /tmp/model_bn
+    python scripts/benchmark_model.py --quick --out output/model              # smoke run
+    python scripts/benchmark_model.py --archs backbone --calibrate-bn --out output/model_bn
 """
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -36,12 +35,12 @@ import torch  # noqa: E402
 from bench_common import (  # noqa: E402
     count_flops,
     header_lines,
-    load_average,
-    machine_info,
     peak_memory_mb,
+    start_info,
     synchronize,
     write_results,
 )
+from dysample_d2.benchmark import upsampling_ms  # noqa: E402
 
 CONFIGS = {
     # ResNet-50 + FPN alone (the configs' `model.backbone`): the only part whose work differs
@@ -60,59 +59,27 @@ CONFIGS = {
                      "COCO-PanopticSegmentation/panoptic_fpn_R_50_DySamplePlus_1x.yaml"),
 }
 UPSAMPLERS = ("nearest", "DySample", "DySample+")
-# Profiler events of the FPN's top-down steps on CPU (eager): nearest interpolation and the sum
-# with the lateral features (aten::add of two [B, C_fpn, H, W]), DySample's Function (its CPU
-# total holds its matmul, grid, sampling and the sum, done in place) and their backward nodes.
-UPSAMPLING_EVENTS = ("aten::upsample_nearest2d", "aten::upsample_nearest2d_backward",
-                     "FusedDySample", "FusedDySampleBackward")
-
-
-def is_top_down_sum(event, channels):
-    """aten::add of two same-shape [B, channels, H, W] tensors: the FPN's lateral + top-down
-    (the backbone's other adds are in place, ResNet's, or add a [1, C, 1, 1] bias, FrozenBN's)."""
-    shapes = event.input_shapes
-    return (event.key == "aten::add" and len(shapes) >= 2 and len(shapes[0]) == 4
-            and shapes[0] == shapes[1] and shapes[0][1] == channels)
-
-
-def upsampling_ms(fn, runs, channels):
-    """
-    CPU time (ms) that `fn` spends in the FPN's top-down upsampling and sums, from
-    torch.profiler: the median of `runs` runs, each profiled on its own (one page-faulting run
-    moves a mean). channels: the FPN's output channels.
-    """
-    from torch.profiler import ProfilerActivity, profile
-
-    totals = []
-    for _ in range(runs):
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-            fn()
-        events = prof.key_averages(group_by_input_shape=True)
-        totals.append(sum(e.cpu_time_total for e in events
-                          if e.key in UPSAMPLING_EVENTS or is_top_down_sum(e, channels)) / 1e3)
-    return statistics.median(totals)
 
 
 def build(config, device, norm, quick=False):
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    from dysample_d2 import add_dysample_config
+    from dysample_d2.engine import setup_config
 
-    cfg = get_cfg()
-    add_dysample_config(cfg)
-    cfg.merge_from_file(str(REPO / "configs" / config))
-    cfg.MODEL.WEIGHTS = ""  # random weights
-    cfg.MODEL.DEVICE = device
-    # random weights score every box about alike: with threshold 0 every model keeps its
-    # TEST.DETECTIONS_PER_IMAGE (100) boxes, so the mask head always runs on 100 of them
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    opts = [
+        "MODEL.WEIGHTS", "",  # random weights
+        "MODEL.DEVICE", device,
+        # random weights score every box about alike: with threshold 0 every model keeps its
+        # TEST.DETECTIONS_PER_IMAGE (100) boxes, so the mask head always runs on 100 of them
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+    ]
     if norm:  # random-init FrozenBN can NaN over many iterations; one step is fine
-        cfg.MODEL.RESNETS.NORM = cfg.MODEL.FPN.NORM = norm
+        opts += ["MODEL.RESNETS.NORM", norm, "MODEL.FPN.NORM", norm]
     if quick:  # smoke run: light proposal and ROI settings
-        cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN = cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = 100
-        cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 20
-        cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 16
+        opts += ["MODEL.RPN.PRE_NMS_TOPK_TRAIN", "100", "MODEL.RPN.PRE_NMS_TOPK_TEST", "100",
+                 "MODEL.RPN.POST_NMS_TOPK_TRAIN", "20", "MODEL.RPN.POST_NMS_TOPK_TEST", "20",
+                 "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16"]
+    cfg = setup_config(str(REPO / "configs" / config), opts)
     return build_model(cfg), cfg
 
 
@@ -273,7 +240,7 @@ def measure_arch(arch, args, device):
             rows[i]["infer"].append(timed(lambda: infer(models[i][0])))
             rows[i]["train"].append(timed(lambda: train(models[i][0])))
     if device == "cpu":  # the upsamplers' own time inside the model, free of the convs' noise
-        # (medians: single runs of this VM's page-fault-heavy ops vary 2x)
+        # (medians: single runs of page-fault-heavy ops vary 2x)
         for row, (model, _) in zip(rows, models):
             channels = model.backbone.output_shape()["p2"].channels
             row["infer_upsampling_ms"] = upsampling_ms(lambda: infer(model), 5, channels)
@@ -409,15 +376,11 @@ def main(argv=None):
         if args.device == "cuda" and not torch.cuda.is_available():
             sys.exit("--device cuda: CUDA is not available")
         devices = [args.device]
-    info = machine_info(devices[-1], args.threads)
-    info["command"] = "python " + " ".join([os.path.relpath(__file__, REPO)] + sys.argv[1:])
-    info["load_start"] = load_average()
-    print(info["machine"], flush=True)
+    info = start_info(devices[-1], args.threads, __file__, args.quick)
     rows = []
     for device in devices:
         for arch in args.archs:
             rows += measure_arch(arch, args, device)
-    info["load_end"] = load_average()
     out = write_results(args.out, info, rows, write_markdown, args)
     print(f"wrote {out / 'results.md'}")
 

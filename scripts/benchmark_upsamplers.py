@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """
 Upsampler micro-benchmark: nearest, bilinear, the project's DySample (lp/pl x static/dynamic
-scope) and the straightforward DySample of tests/reference_dysample.py, x2 upsampling.
+scope; on CPU also lp and lp+ on the reference formulation, "(grid_sample)") and the authors'
+formulation (dysample_d2/layers/authors.py), x2 upsampling.
 
 Per case: parameters, FLOPs (fvcore, counted on the traced graph), forward and forward+backward
 latency (medians after warm-up, cases interleaved and rotated every repeat so that load drift
@@ -9,26 +10,26 @@ hits all alike), peak memory of a forward and of a training step, ratios to bili
 Writes DIR/results.md, DIR/results.json and DIR/latency_vs_params.png.
 
     python scripts/benchmark_upsamplers.py --out benchmark_results/upsamplers
-    python scripts/benchmark_upsamplers.py --quick --out /tmp/up     # smoke run, seconds
-    python scripts/benchmark_upsamplers.py --offset-px 2 --out /tmp/up2px   # learned-size offsets
+    python scripts/benchmark_upsamplers.py --quick --out output/up     # smoke run, seconds
+    python scripts/benchmark_upsamplers.py --offset-px 2 --out output/up2px   # learned-size offsets
 """
 import argparse
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(REPO)]
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from dysample_d2.benchmark import SMOKE_RUN  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench_common import (  # noqa: E402
-    count_flops, header_lines, load_average, machine_info, peak_memory_mb, synchronize,
-    write_chart, write_results,
+    count_flops, header_lines, peak_memory_mb, start_info, synchronize, write_chart,
+    write_results,
 )
 
 DEFAULT_SHAPES = [(2, 256, 25, 42), (2, 256, 50, 84), (2, 256, 100, 168)]
@@ -46,21 +47,18 @@ class Interpolate(nn.Module):
         return F.interpolate(x, scale_factor=self.scale, mode=self.mode, align_corners=align)
 
 
-class PyTorchPath(nn.Module):
-    """DySample with the compiled CPU kernel switched off: the pure-PyTorch fallback path."""
+class ReferencePath(nn.Module):
+    """DySample on its reference formulation (conv2d + grid_sample), also on eager CPU."""
 
     def __init__(self, module):
         super().__init__()
         self.module = module
 
     def forward(self, x):
-        from dysample_d2.layers import sampling
+        from dysample_d2.layers import sampler
 
-        saved, sampling.NATIVE = sampling.NATIVE, False
-        try:
+        with sampler("gridsample"):
             return self.module(x)
-        finally:
-            sampling.NATIVE = saved
 
 
 def scale_offsets(module, x, offset_px):
@@ -74,7 +72,7 @@ def scale_offsets(module, x, offset_px):
 
 def build_cases(channels, scale, groups, dtype, device, x, offset_px=None):
     from dysample_d2 import DySample
-    from reference_dysample import ReferenceDySample
+    from dysample_d2.layers.authors import AuthorsDySample
 
     cases = [(mode, Interpolate(mode, scale)) for mode in ("nearest", "bilinear")]
     references = []
@@ -83,12 +81,12 @@ def build_cases(channels, scale, groups, dtype, device, x, offset_px=None):
         module = DySample(channels, scale, style=style, groups=groups, dyscope=dyscope)
         module.mean_offset_px = (scale_offsets(module, x.float().cpu(), offset_px) if offset_px
                                  else module.offsets(x.float().cpu()).abs().mean().item())
-        reference = ReferenceDySample(channels, scale, style, groups, dyscope)
-        reference.load_state_dict(module.state_dict())  # same weights: same outputs
+        authors = AuthorsDySample(channels, scale, style, groups, dyscope)
+        authors.load_state_dict(module.state_dict())  # same weights: same outputs
         cases.append((f"DySample-{tag}", module))
-        if device.type == "cpu" and style == "lp":  # the fallback where the kernel can't build
-            cases.append((f"DySample-{tag} (PyTorch)", PyTorchPath(module)))
-        references.append((f"straightforward-{tag}", reference))
+        if device.type == "cpu" and style == "lp":  # the kernel against the reference path
+            cases.append((f"DySample-{tag} (grid_sample)", ReferencePath(module)))
+        references.append((f"authors-{tag}", authors))
     return [(name, m.to(device=device, dtype=dtype)) for name, m in cases + references]
 
 
@@ -168,7 +166,8 @@ def _offset_range(rows):
 def write_markdown(path, rows, info, args):
     lines = header_lines("Upsampler benchmark", info) + [
         f"Device {args.device}, dtype {args.dtype}, scale x{args.scale}, groups {args.groups}; "
-        f"{info['kernel']}; \"(PyTorch)\": the same module on its pure-PyTorch path; "
+        f"{info['kernel']}; \"(grid_sample)\": the same module on its reference formulation "
+        "(sampler \"gridsample\"); authors: the authors' formulation, same weights; "
         f"median of {args.repeats} interleaved repeats after {args.warmup} warm-up. "
         "FLOPs: fvcore on the traced graph (multiply-adds; grid_sampler 4 per output "
         "element, elementwise ops 1 per element via handles added here); peak: memory "
@@ -232,24 +231,21 @@ def main(argv=None):
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     shapes = [] if args.no_default_shapes else list(QUICK_SHAPES if args.quick else DEFAULT_SHAPES)
     shapes += [tuple(int(v) for v in s.split(",")) for s in args.shape]
-    info = machine_info(device, args.threads)
-    info["command"] = "python " + " ".join([os.path.relpath(__file__, REPO)] + sys.argv[1:])
-    info["load_start"] = load_average()
+    info = start_info(device, args.threads, __file__, args.quick)
     from dysample_d2.layers import native
 
     info["kernel"] = native.status() if device.type == "cpu" else "CUDA: conv2d + grid_sample"
-    print(f"{info['machine']}\n{info['kernel']}\n{len(shapes)} shapes, {args.repeats} repeats",
-          flush=True)
+    print(f"{info['kernel']}\n{len(shapes)} shapes, {args.repeats} repeats", flush=True)
     rows = []
     for shape in shapes:
         print(f"input {shape}:", flush=True)
         rows += measure_shape(shape, args, device, dtype)
-    info["load_end"] = load_average()
     out = write_results(args.out, info, rows, write_markdown, args)
     shapes_done = [r["shape"] for r in rows]
     chart_shape = "2x256x50x84" if "2x256x50x84" in shapes_done else shapes_done[-1]
+    title = f"x{args.scale} upsampling, input {chart_shape}, {args.device} {args.dtype}"
     write_chart(out / "latency_vs_params.png", [r for r in rows if r["shape"] == chart_shape],
-                f"x{args.scale} upsampling, input {chart_shape}, {args.device} {args.dtype}")
+                f"{SMOKE_RUN}\n{title}" if args.quick else title)
     print(f"wrote {out / 'results.md'}, {out / 'latency_vs_params.png'}")
 
 

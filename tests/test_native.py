@@ -3,10 +3,9 @@ import pytest
 import torch
 
 from dysample_d2 import DySample
+from dysample_d2.benchmark import dysample_like_grid
 from dysample_d2.layers import dysample as dysample_module
 from dysample_d2.layers import native
-
-from helpers import dysample_like_grid
 
 
 @pytest.fixture(scope="module")
