@@ -23,6 +23,8 @@ from dysample_d2.convert import (
     save_checkpoint,
 )
 from dysample_d2.engine import CheckpointMismatchError, load_exact_checkpoint, setup_config
+from dysample_d2.layers import DySample
+from dysample_d2.layers.authors import AuthorsDySample
 
 from helpers import CONFIG_DIR
 
@@ -238,6 +240,28 @@ def test_upsamplers_and_semantic_classes_keep_their_meaning():
     logits = state["semantic_head.conv_logits.weight"]
     reordered = reorder_semantic_classes(logits, 53)
     assert torch.equal(reordered[0], logits[53]) and torch.equal(reordered[1:], logits[:53])
+
+
+@pytest.mark.parametrize("name", ["faster_r50_dysample", "panoptic_r50_dysampleplus"])
+def test_converted_upsamplers_compute_what_the_authors_modules_compute(name):
+    """Each mmdet upsampler, run as the authors' module (the one the mmdet verification
+    registers), and the Detectron2 DySample the converter gives its weights to: same output."""
+    entry = MODELS[name]
+    cfg = config(entry["config"])
+    state = random_state(name, seed=2)
+    converted, _ = convert_state_dict(state, meta_reference(cfg), cfg.MODEL.FPN.IN_FEATURES)
+    dyscope = name.endswith("plus")
+    x = torch.randn(1, 256, 6, 8)
+    def submodule(weights, prefix):
+        return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+
+    for index, stage in enumerate((3, 4, 5)):  # mmdet's module i takes level i + 1 to level i
+        authors = AuthorsDySample(256, 2, "lp", 4, dyscope)
+        authors.load_state_dict(submodule(state, f"neck.upsample_modules.{index}."), strict=True)
+        ours = DySample(256, 2, "lp", 4, dyscope)
+        ours.load_state_dict(submodule(converted, f"backbone.fpn_upsample{stage}."), strict=True)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), authors(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name, config_name, listed", [
