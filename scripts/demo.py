@@ -3,8 +3,8 @@
 Run a DySample-FPN model on one image and write its predictions drawn by Detectron2's
 Visualizer (instances, or the panoptic segmentation for Panoptic FPN).
 
-    python scripts/demo.py --config-file configs/quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml \
-        --input image.jpg --output out.png --opts MODEL.WEIGHTS output/quickstart/det/model_final.pth
+    python scripts/demo.py --config-file configs/quickstart/faster_rcnn_R_18_DySample_FPN_tiny.yaml \
+        --input image.jpg --output out.png MODEL.WEIGHTS output/quickstart/det/model_final.pth
 """
 import argparse
 import os
@@ -26,8 +26,8 @@ def get_parser():
     parser.add_argument("--input", required=True, help="an image file")
     parser.add_argument("--output", default="demo_output.png", help="PNG to write")
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
-                        help="config KEY VALUE pairs, e.g. MODEL.WEIGHTS model_final.pth")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                        help="config options, KEY VALUE pairs, e.g. MODEL.WEIGHTS model_final.pth")
     return parser
 
 

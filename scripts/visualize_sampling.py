@@ -3,7 +3,7 @@
 Draw where each DySample of a DySample-FPN samples, for a few points of an image.
 
     python scripts/visualize_sampling.py \\
-        --config-file configs/quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml \\
+        --config-file configs/quickstart/faster_rcnn_R_18_DySample_FPN_tiny.yaml \\
         --weights output/quickstart/det/model_final.pth --input image.jpg --output sampling.png
 
 One row per upsampler (fpn_upsample5, 4, 3): the image under the upsampler's offset

@@ -2,10 +2,9 @@
 import os
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.structures import Boxes, BitMasks, Instances
 
-from dysample_d2 import add_dysample_config
+from dysample_d2.engine import setup_config
 from dysample_d2.layers.dysample import _base_grid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,26 +15,23 @@ def config_path(name):
     return os.path.join(CONFIG_DIR, name)
 
 
+# Small inputs and light heads for CPU tests; random-init FrozenBN ResNets diverge, so
+# GroupNorm, as Detectron2's from-scratch recipes use.
+TINY_OPTS = [
+    "MODEL.WEIGHTS", "",  # no ImageNet weights in tests
+    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96",
+    "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96",
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "200", "MODEL.RPN.PRE_NMS_TOPK_TEST", "200",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50", "MODEL.RPN.POST_NMS_TOPK_TEST", "50",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
+    "MODEL.RESNETS.NORM", "GN", "MODEL.RESNETS.STRIDE_IN_1X1", "False",
+]
+
+
 def load_config(name, tiny=True, opts=()):
-    """A config from configs/, with small inputs and light heads when `tiny`."""
-    cfg = get_cfg()
-    add_dysample_config(cfg)
-    cfg.merge_from_file(config_path(name))
-    cfg.MODEL.DEVICE = "cpu"
-    if tiny:
-        cfg.MODEL.WEIGHTS = ""  # no ImageNet weights here
-        cfg.INPUT.MIN_SIZE_TRAIN = (64,)
-        cfg.INPUT.MAX_SIZE_TRAIN = 96
-        cfg.INPUT.MIN_SIZE_TEST = 64
-        cfg.INPUT.MAX_SIZE_TEST = 96
-        cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN = cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = 200
-        cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 50
-        cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
-        # Random-init FrozenBN ResNets diverge; GroupNorm is what D2's scratch recipes use.
-        cfg.MODEL.RESNETS.NORM = "GN"
-        cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
-    cfg.merge_from_list(list(opts))
-    return cfg
+    """A config from configs/ on CPU, with TINY_OPTS when `tiny`, then `opts`."""
+    return setup_config(config_path(name), ["MODEL.DEVICE", "cpu"]
+                        + (TINY_OPTS if tiny else []) + list(opts))
 
 
 def synthetic_batch(cfg, batch_size=2, height=64, width=96, seed=0):

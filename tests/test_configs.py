@@ -4,12 +4,14 @@ import os
 
 import pytest
 import torch
+import yaml
+from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from dysample_d2 import DySample
 
-from helpers import CONFIG_DIR, load_config, synthetic_batch
+from helpers import CONFIG_DIR, config_path, load_config, synthetic_batch
 from test_semantic_seg import CONFIGS as SEMANTIC_SEG  # built, trained and inferred there
 
 # The paper's COCO systems: config -> (meta-architecture, depth, mask head, upsampler).
@@ -31,14 +33,27 @@ EXPECTED = {
     "COCO-PanopticSegmentation/panoptic_fpn_R_101_DySamplePlus_1x.yaml": ("PanopticFPN", 101, True, "DySample+"),
 }
 
-# The tiny CPU variants that the quickstart and the end-to-end tests train.
+# The tiny CPU variants that the quickstart and the end-to-end tests train: config -> the
+# COCO-* system it is, at the settings of quickstart/Base-quickstart.yaml.
+TINY_BASE = "quickstart/Base-quickstart.yaml"
 QUICKSTART = {
-    "quickstart/faster_rcnn_R_50_FPN_tiny.yaml": ("GeneralizedRCNN", 50, False, "nearest"),
-    "quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml": ("GeneralizedRCNN", 50, False, "DySample"),
-    "quickstart/mask_rcnn_R_50_DySample_FPN_tiny.yaml": ("GeneralizedRCNN", 50, True, "DySample"),
-    "quickstart/panoptic_fpn_R_50_DySample_tiny.yaml": ("PanopticFPN", 50, True, "DySample"),
+    "quickstart/faster_rcnn_R_50_FPN_tiny.yaml": "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml",
+    "quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml":
+        "COCO-Detection/faster_rcnn_R_50_DySample_FPN_1x.yaml",
+    "quickstart/faster_rcnn_R_18_DySample_FPN_tiny.yaml":
+        "COCO-Detection/faster_rcnn_R_50_DySample_FPN_1x.yaml",
+    "quickstart/mask_rcnn_R_50_DySample_FPN_tiny.yaml":
+        "COCO-InstanceSegmentation/mask_rcnn_R_50_DySample_FPN_1x.yaml",
+    "quickstart/panoptic_fpn_R_50_DySample_tiny.yaml":
+        "COCO-PanopticSegmentation/panoptic_fpn_R_50_DySample_1x.yaml",
 }
 
+# What a tiny config changes beyond its system and the tiny settings (besides OUTPUT_DIR).
+TINY_OWN_KEYS = {
+    "quickstart/faster_rcnn_R_18_DySample_FPN_tiny.yaml": {
+        "MODEL.RESNETS.DEPTH", "MODEL.RESNETS.RES2_OUT_CHANNELS", "MODEL.FPN.OUT_CHANNELS",
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "MODEL.ROI_BOX_HEAD.FC_DIM"},
+}
 
 # The DySample authors' released mmdet checkpoints, evaluated as mmdet runs them (converted with
 # scripts/convert_mmdet_checkpoint.py): config -> (the COCO-* config it inherits, the released
@@ -72,9 +87,48 @@ EXPECTED_MMDET = {
         "COCO-PanopticSegmentation/panoptic_fpn_R_101_DySamplePlus_1x.yaml",
         "panoptic_fpn_r101_fpn_dysample-lpg4ds_1x_coco.pth"),
 }
+# The recipe files the mmdet-recipe configs inherit: the common one, and for Panoptic FPN.
+MMDET_BASE = "mmdet-recipe/Base-mmdet-recipe.yaml"
+MMDET_PANOPTIC_BASE = "mmdet-recipe/Base-mmdet-recipe-panoptic.yaml"
 # Every leaf config -> (meta-architecture, depth, mask head, upsampler).
-SYSTEMS = {**EXPECTED, **QUICKSTART,
+SYSTEMS = {**EXPECTED, **{name: EXPECTED[base] for name, base in QUICKSTART.items()},
            **{name: EXPECTED[base] for name, (base, _) in EXPECTED_MMDET.items()}}
+
+
+def flat(cfg, prefix=""):
+    """{"MODEL.RPN.NMS_THRESH": value, ...} of a config."""
+    items = {}
+    for key, value in cfg.items():
+        if isinstance(value, CfgNode):
+            items.update(flat(value, prefix + key + "."))
+        else:
+            items[prefix + key] = value
+    return items
+
+
+def keys_set_in(name):
+    """The keys a config file sets itself, not through its _BASE_."""
+    with open(config_path(name)) as f:
+        data = yaml.safe_load(f)
+    data.pop("_BASE_", None)
+    return set(flat(CfgNode(data)))
+
+
+def assert_is_system_with(name, system, bases, own_keys):
+    """
+    Config `name` resolves to config `system` with the settings of the `bases` files (each
+    key at the value the last base setting it gives, unless in `own_keys`) and, beyond
+    those, changes only `own_keys`.
+    """
+    cfg, system_cfg = flat(load_config(name, tiny=False)), flat(load_config(system, tiny=False))
+    settings = {}
+    for base in bases:  # from the most general to the most specific
+        base_cfg = flat(load_config(base, tiny=False))
+        settings.update({key: base_cfg[key] for key in keys_set_in(base)})
+    settings = {key: value for key, value in settings.items() if key not in own_keys}
+    assert {key: cfg[key] for key in settings} == settings, name
+    changed = {key for key, value in cfg.items() if value != system_cfg[key]}
+    assert changed <= set(settings) | own_keys, (name, changed - set(settings) - own_keys)
 
 
 def leaf_configs():
@@ -133,7 +187,30 @@ def test_mmdet_recipe_config_is_its_system_run_as_mmdet_runs_it(name):
     assert cfg.MODEL.WEIGHTS == f"checkpoints/mmdet/{released[:-len('.pth')]}_d2.pth"
 
 
-@pytest.mark.parametrize("name", [n for n in leaf_configs() if n not in SEMANTIC_SEG])
+@pytest.mark.parametrize("name", sorted(QUICKSTART))
+def test_tiny_config_is_its_system_at_the_tiny_settings(name):
+    own_keys = {"OUTPUT_DIR"} | TINY_OWN_KEYS.get(name, set())
+    assert_is_system_with(name, QUICKSTART[name], [TINY_BASE], own_keys)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_MMDET))
+def test_mmdet_recipe_config_is_its_system_at_the_recipe_settings(name):
+    base, _ = EXPECTED_MMDET[name]
+    bases = [MMDET_BASE] + ([MMDET_PANOPTIC_BASE] if "panoptic" in name else [])
+    assert_is_system_with(name, base, bases, own_keys={"MODEL.WEIGHTS"})
+
+
+def one_step_configs():
+    """The leaves to train one step; the mmdet-recipe and R-101 ones build the modules of an
+    R-50 COCO-* config (tests above) at other depths and test settings: slow tests."""
+    for name in leaf_configs():
+        if name in SEMANTIC_SEG:
+            continue
+        slow = name.startswith("mmdet-recipe/") or "_R_101_" in name
+        yield pytest.param(name, marks=pytest.mark.slow) if slow else name
+
+
+@pytest.mark.parametrize("name", one_step_configs())
 def test_config_trains_one_step_and_infers(name):
     meta_arch, _, mask_on, upsampler = SYSTEMS[name]
     torch.manual_seed(0)
