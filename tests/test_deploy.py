@@ -173,3 +173,29 @@ def test_dynamo_onnx_backbone_in_runtimes(tmp_path, sampler_name):
     for runtime in ("onnxruntime", "openvino"):
         if importlib.util.find_spec(runtime) is not None:
             check_features(backbone, load_runtime(runtime, "onnx", path), sampler_name, names)
+
+
+@pytest.mark.slow
+def test_benchmark_deploy_quick_writes_the_docs_table(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    docs = tmp_path / "deployment.md"
+    docs.write_text("before\n<!-- benchmark_deploy: begin -->\nold\n"
+                    "<!-- benchmark_deploy: end -->\nafter\n")
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "benchmark_deploy.py"), "--quick",
+         "--threads", "1", "--formats", "onnx,torchscript", "--docs", str(docs),
+         "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+         "MODEL.FPN.OUT_CHANNELS", "64"],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = docs.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
+    assert "Smoke run (--quick)" in text
+    assert "| ONNX GridSample (opset 17) | onnxruntime |" in text
+    assert "| TorchScript (trace) | torch |" in text
