@@ -132,7 +132,8 @@ def planar_grid(off, bias, base, norm, h, w, s, g, gated):
     if gated:
         offsets = offsets * off[..., m:]
     offsets = offsets.view(b, h, w, 2, g, s, s).permute(0, 4, 3, 1, 5, 2, 6)
-    grid = base.permute(2, 0, 1).view(1, 1, 2, h, s, w, s) + offsets * norm.view(1, 1, 2, 1, 1, 1, 1)
+    base = base.permute(2, 0, 1).view(1, 1, 2, h, s, w, s)
+    grid = base + offsets * norm.view(1, 1, 2, 1, 1, 1, 1)
     return grid.reshape(b * g, 2, s * h, s * w)
 
 

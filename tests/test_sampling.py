@@ -9,7 +9,9 @@ from dysample_d2.layers import backend, dysample as dysample_module, gather, nat
 from dysample_d2.layers import sampling
 from dysample_d2.layers.sampling import DySampleFunction
 
-from sampler_helpers import each_sampler, exact_reference, outputs_and_grads, randomize  # noqa: F401
+from sampler_helpers import (  # noqa: F401  (each_sampler: a fixture)
+    each_sampler, exact_reference, outputs_and_grads, randomize,
+)
 
 
 def assert_equals_reference(module, x):
@@ -264,7 +266,8 @@ def test_status_names_the_sampler(monkeypatch):
         "DySample sampler 'auto' (DYSAMPLE_D2_SAMPLER): the kernel on eager CPU, "
         "grid_sample elsewhere")
     with sampler("gridsample"):
-        assert native.status().endswith("'gridsample' (DYSAMPLE_D2_SAMPLER): grid_sample everywhere")
+        assert native.status().endswith(
+            "'gridsample' (DYSAMPLE_D2_SAMPLER): grid_sample everywhere")
 
 
 @pytest.mark.parametrize("weight_requires_grad", [False, True])
@@ -329,4 +332,37 @@ def test_gather_reads_inside_the_image_at_non_finite_positions():
     grid = torch.zeros(1, 2, 3, 2)
     grid[0, 0, :, 0] = torch.tensor([float("nan"), float("inf"), -float("inf")])
     out = gather.grid_sample_gather(x, grid)  # must not index outside the input
-    assert out.shape == (1, 3, 2, 3) and torch.isfinite(out[..., 1:, :]).all()
+    assert out.shape == (1, 3, 2, 3) and torch.isfinite(out).all()
+    assert torch.equal(out[0, :, 0, 2], F.grid_sample(x, grid, padding_mode="border")[0, :, 0, 2])
+
+
+@pytest.mark.parametrize("opset", [11, 20])
+def test_gather_sampler_exports_to_onnx_without_grid_sample(opset, tmp_path):
+    """Opsets below GridSample's 16 too; one export runs at other sizes, non-multiples of the
+    scale included (add_to's size), equal to grid_sample within float32 rounding."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+
+    class Sum(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, x, t):
+            return self.module(x, add_to=t * 1)
+
+    model = Sum(randomize(DySample(16, 2, "lp", 4, True), std=0.1)).eval()
+    path = str(tmp_path / "dysample.onnx")
+    dynamic = {"x": {0: "b", 2: "h", 3: "w"}, "t": {0: "b", 2: "oh", 3: "ow"}}
+    with sampler("gather"), torch.no_grad():
+        torch.onnx.export(model, (torch.randn(1, 16, 6, 8), torch.randn(1, 16, 12, 16)), path,
+                          opset_version=opset, dynamo=False, input_names=["x", "t"],
+                          dynamic_axes=dynamic)
+    assert "GridSample" not in {node.op_type for node in onnx.load(path).graph.node}
+    session = ort.InferenceSession(path)
+    for h, w, oh, ow in [(6, 8, 12, 16), (9, 5, 17, 10)]:
+        x, t = torch.randn(2, 16, h, w), torch.randn(2, 16, oh, ow)
+        with sampler("gridsample"), torch.no_grad():
+            expected = model(x, t)
+        out = session.run(None, {"x": x.numpy(), "t": t.numpy()})[0]
+        torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-5, atol=1e-5)

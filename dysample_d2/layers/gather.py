@@ -4,10 +4,10 @@ Bilinear sampling written as gathers and arithmetic, for graphs without GridSamp
 ``grid_sample_gather(x, grid)`` equals ``F.grid_sample(x, grid, mode="bilinear",
 padding_mode="border", align_corners=False)`` within rounding: the same unnormalization
 ``((g + 1) * size - 1) / 2``, the same clamp to ``[0, size - 1]`` (and no gradient through a
-clamped or border coordinate, as grid_sample), the same corner weights and their sum in the same
-order. It uses only Floor, Clip, Where, Gather and elementwise ops, so DySample exports to ONNX
-at opsets 11-20 (GridSample arrived in opset 16) and runs in runtimes that lack GridSample or
-run it off their accelerators.
+clamped or border coordinate, as grid_sample), the same corner weights and their sum in the
+same order. It uses only Floor, Clip, Where, Gather, Cast and elementwise ops, so DySample
+exports to ONNX at opsets 11-20 (GridSample arrived in opset 16) and runs in runtimes that
+lack GridSample or run it off their accelerators.
 
 Layout: the input is viewed channels-last, ``[N * H * W, C]``, and each of the four corners is
 one row gather over it (ONNX Gather on axis 0): the index tensors hold one entry per output
@@ -20,11 +20,11 @@ __all__ = ["grid_sample_gather"]
 
 def _source_coordinate(g: torch.Tensor, size) -> torch.Tensor:
     """grid_sample's input coordinate of normalized ``g``, clamped to [0, size - 1] (border);
-    a clamped coordinate, or one exactly on the border, passes no gradient."""
+    a clamped coordinate, or one exactly on the border, passes no gradient, as grid_sample's.
+    A NaN coordinate becomes 0 (it reads the first pixel, never outside the input)."""
     coord = ((g + 1) * size - 1) / 2
-    upper = size - 1
-    inside = (coord > 0) & (coord < upper)
-    return torch.where(inside, coord, coord.detach().clamp(0, upper))
+    coord = torch.where(coord > 0, coord, torch.zeros_like(coord))
+    return torch.where(coord < size - 1, coord, coord.detach().clamp(max=size - 1))
 
 
 def grid_sample_gather(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -44,12 +44,10 @@ def grid_sample_gather(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     # corner weights as grid_sample forms them: (next corner - coordinate), (coordinate - corner)
     wx0, wx1 = (x0f + 1) - ix, ix - x0f
     wy0, wy1 = (y0f + 1) - iy, iy - y0f
-    # integer corners; clamping the indices keeps NaN positions inside the image (a corner
-    # past the last row or column has weight 0)
-    x0 = x0f.long().clamp(0, w - 1)
-    y0 = y0f.long().clamp(0, h - 1)
-    x1 = (x0 + 1).clamp(max=w - 1)
-    y1 = (y0 + 1).clamp(max=h - 1)
+    # integer corners (clamped as floats: ONNX clips integers only from opset 12); a corner
+    # past the last row or column has weight 0
+    x0, x1 = x0f.long(), (x0f + 1).clamp(max=w - 1).long()
+    y0, y1 = y0f.long(), (y0f + 1).clamp(max=h - 1).long()
     image = torch.arange(n, device=x.device).view(-1, 1, 1) * h  # first row of each image
     rows = x.permute(0, 2, 3, 1).reshape(-1, c)  # [N * H * W, C]
 
