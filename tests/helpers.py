@@ -1,4 +1,5 @@
 """Shared helpers of the tests: the project's real configs at tiny CPU settings."""
+import importlib.util
 import os
 
 import torch
@@ -26,6 +27,14 @@ TINY_OPTS = [
     "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
     "MODEL.RESNETS.NORM", "GN", "MODEL.RESNETS.STRIDE_IN_1X1", "False",
 ]
+
+
+def load_script(name):
+    """scripts/<name>.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "scripts", f"{name}.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
 
 
 def load_config(name, tiny=True, opts=()):

@@ -1,6 +1,4 @@
 """scripts/visualize_sampling.py and dysample_d2/visualization.py on a small random model."""
-import importlib.util
-import os
 import re
 
 import numpy as np
@@ -10,7 +8,7 @@ from PIL import Image
 
 from dysample_d2.export import load_model
 from dysample_d2.visualization import choose_points
-from helpers import REPO, config_path
+from helpers import config_path, load_script
 
 CONFIG = config_path("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
 OPTS = [  # a ResNet-18 with a narrow FPN: the same DySample-FPN, a fraction of the time
@@ -19,14 +17,6 @@ OPTS = [  # a ResNet-18 with a narrow FPN: the same DySample-FPN, a fraction of 
     "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128",
 ]
 STATS = re.compile(r"(fpn_upsample\d): mean ([\d.]+) max ([\d.]+)")
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location(
-        "visualize_sampling", os.path.join(REPO, "scripts", "visualize_sampling.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +46,7 @@ def save_checkpoint(path, offset_fn):
 
 def run(tmp_path, capsys, weights, image_path):
     output = tmp_path / "sampling.png"
-    code = load_script().main([
+    code = load_script("visualize_sampling").main([
         "--config-file", CONFIG, "--weights", weights, "--input", image_path,
         "--output", str(output), "--points", "3", *OPTS,
     ])
