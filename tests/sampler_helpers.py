@@ -15,6 +15,14 @@ def each_sampler(request):
         yield request.param
 
 
+def zero_offsets(module):
+    """DySample with its offset conv zeroed: plain bilinear resizing."""
+    with torch.no_grad():
+        module.offset.weight.zero_()
+        module.offset.bias.zero_()
+    return module
+
+
 def randomize(module, std=0.5, seed=0):
     """Random weights (and scopes) so that sampling leaves the bilinear grid."""
     gen = torch.Generator().manual_seed(seed)

@@ -7,14 +7,7 @@ from dysample_d2 import DySample
 from dysample_d2.layers import dysample as dysample_module
 from dysample_d2.layers.authors import AuthorsDySample
 
-from sampler_helpers import each_sampler, randomize  # noqa: F401
-
-
-def zero_offsets(module):
-    with torch.no_grad():
-        module.offset.weight.zero_()
-        module.offset.bias.zero_()
-    return module
+from sampler_helpers import each_sampler, randomize, zero_offsets  # noqa: F401
 
 
 @pytest.mark.parametrize("style", ["lp", "pl"])

@@ -18,6 +18,17 @@ from torch import nn
 __all__ = ["AuthorsDySample"]
 
 
+def _initialized(conv, std):
+    """mmcv's normal_init (std > 0) or constant_init (std 0), as the authors initialize."""
+    if std:
+        nn.init.normal_(conv.weight, 0, std)
+    else:
+        nn.init.zeros_(conv.weight)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    return conv
+
+
 class AuthorsDySample(nn.Module):
     def __init__(self, in_channels, scale=2, style="lp", groups=4, dyscope=False,
                  scope_bias=False):
@@ -28,14 +39,9 @@ class AuthorsDySample(nn.Module):
             conv_in, conv_out = in_channels // scale**2, 2 * groups
         else:
             conv_in, conv_out = in_channels, 2 * groups * scale**2
-        self.offset = nn.Conv2d(conv_in, conv_out, 1)
-        nn.init.normal_(self.offset.weight, 0, 0.001)
-        nn.init.zeros_(self.offset.bias)
+        self.offset = _initialized(nn.Conv2d(conv_in, conv_out, 1), std=0.001)
         if dyscope:
-            self.scope = nn.Conv2d(conv_in, conv_out, 1, bias=scope_bias)
-            nn.init.zeros_(self.scope.weight)
-            if scope_bias:
-                nn.init.zeros_(self.scope.bias)
+            self.scope = _initialized(nn.Conv2d(conv_in, conv_out, 1, bias=scope_bias), std=0)
         self.register_buffer("init_pos", self._init_pos())
 
     def _init_pos(self):
