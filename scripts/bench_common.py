@@ -32,7 +32,7 @@ def count_flops(module, inputs, analysis_cls=None):
     """
     fvcore FLOPs (one multiply-add = 1) of ``module(*inputs)`` on its traced graph.
     fvcore's own handles cover conv, matmul, upsample_{nearest,bilinear}2d (1 / 4 per output
-    element) and grid_sampler (4 per output element, bilinear); added here: elementwise ops,
+    element) and grid_sampler (4 per output element, bilinear); added by this module: elementwise ops,
     1 per output element. Returns (flops, sorted names of ops that were still not counted).
     """
     from fvcore.nn import FlopCountAnalysis

@@ -170,7 +170,7 @@ def write_markdown(path, rows, info, args):
         "(sampler \"gridsample\"); authors: the authors' formulation, same weights; "
         f"median of {args.repeats} interleaved repeats after {args.warmup} warm-up. "
         "FLOPs: fvcore on the traced graph (multiply-adds; grid_sampler 4 per output "
-        "element, elementwise ops 1 per element via handles added here); peak: memory "
+        "element, elementwise ops 1 per element via handles bench_common.py adds); peak: memory "
         "allocated during one forward / one training step (torch.profiler on CPU, "
         "max_memory_allocated on CUDA). Offsets (mean |offset| in input pixels, which sets how "
         "far apart the pixels DySample reads are): "

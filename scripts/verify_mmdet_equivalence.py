@@ -119,7 +119,9 @@ def summarize(workdir, cases, refusals):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--workdir", default="/tmp/dysample_mmdet_equivalence")
+    parser.add_argument("--workdir", default=os.path.join(REPO, "output", "mmdet_equivalence"),
+                        help="checkpoints, outputs and report.json "
+                        "(default output/mmdet_equivalence)")
     parser.add_argument("--venv", default=os.path.join(REPO, ".venv-mmdet"))
     parser.add_argument("--project-python",
                         default=os.environ.get("DYSAMPLE_D2_PYTHON",

@@ -118,7 +118,7 @@ def backbones():
 
 
 class InterpolateToLateral(torch.nn.Module):
-    """A top-down step sized as mmdet's FPN sizes it, F.interpolate(size=lateral), here
+    """A top-down step sized as mmdet's FPN sizes it, F.interpolate(size=lateral), but
     bilinear: what a zero-offset DySample computes."""
 
     def forward(self, x, add_to):

@@ -1,7 +1,7 @@
 """
 The mmdet -> Detectron2 checkpoint converter, on state dicts with exactly the key names and
 shapes of real mmdet models (tests/fixtures/mmdet_keys_rcnn.json, recorded from mmdet 3.3 by
-scripts/verify_mmdet_equivalence.py --record-fixture; random values here). mmdet itself is not
+scripts/verify_mmdet_equivalence.py --record-fixture; random values in these tests). mmdet itself is not
 needed: that script compares the two frameworks' outputs.
 """
 import json

@@ -17,7 +17,8 @@ def compiled():
 
 @pytest.fixture(params=["auto", "portable"])
 def kernel(compiled, request):
-    """The kernel with its forward on this CPU's best code path (AVX2 here) and on the portable one."""
+    """The kernel with its forward on the CPU's best code path (AVX2 where it has it) and on the
+    portable one."""
     compiled.kernel_isa(request.param)
     yield compiled
     compiled.kernel_isa("auto")

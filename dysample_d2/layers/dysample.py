@@ -17,7 +17,7 @@ from torch import nn
 
 from .backend import active_sampler, grid_dtype, plain_ops, tracing
 from .gather import grid_sample_gather
-from .sampling import DySampleFunction, use_kernel
+from .sampling import kernel_forward, use_kernel
 
 __all__ = ["DySample"]
 
@@ -210,7 +210,11 @@ class DySample(nn.Module):
         _check_input(x, self.in_channels)
         out_size = _output_size(x, self.scale, add_to, size)
         if use_kernel(x):  # CPU, eager: the compiled kernel's Function (sampling.py)
-            return self._forward_kernel(x, add_to, out_size)
+            h, w = x.shape[-2:]
+            # the positions of the requested output, continued to the kernel's s*H x s*W
+            extent = (self.scale * h, self.scale * w)
+            base = _cached_base_grid(*out_size, x.device, grid_dtype(x.dtype), extent)
+            return kernel_forward(self, x, base, add_to, out_size)
         # the reference formulation: conv2d + grid_sample (or its gather form)
         b, c, h, w = x.shape
         grid = self.sampling_grid(x, out_size)
@@ -224,41 +228,6 @@ class DySample(nn.Module):
             )
         sampled = sampled.view(b, c, out_size[0], out_size[1]).to(x.dtype)
         return sampled if add_to is None else add_to.add_(sampled)
-
-    def _forward_kernel(self, x: torch.Tensor, add_to: Optional[torch.Tensor], out_size):
-        h, w = x.shape[-2:]
-        s = self.scale
-        gdt = grid_dtype(x.dtype)
-        # the positions of the requested output, continued to the kernel's s*H x s*W
-        base = _cached_base_grid(out_size[0], out_size[1], x.device, gdt, (s * h, s * w))
-        factor = 0.5 if self.dyscope else 0.25  # the scope factor, folded into the normalizer
-        norm = torch.tensor((factor * 2.0 / w, factor * 2.0 / h), dtype=gdt)
-        weight, bias = self._offset_matrix()
-        # the sampling grid is kept for a backward only
-        keep_grid = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, weight, bias))
-        return DySampleFunction.apply(
-            x, weight, bias, base, norm, s, self.groups, self.dyscope, keep_grid, add_to,
-            self.style == "pl", out_size,
-        )
-
-    def _offset_matrix(self):
-        """
-        The offset (and scope) 1x1 convs as one [R, C'] matrix and the bias of its offset
-        columns in the lp order (x|y, group, i, j). lp: C' = C, R = 2 * groups * s^2 (x2
-        with dyscope). pl: the convs read pixel_shuffle(x), whose channel c' at sub-pixel
-        k = i * s + j is input channel c' * s^2 + k: R = 2 * groups (x2), C' = C / s^2, applied
-        to each sub-pixel's channels by the Function (``pixel_shuffled``).
-        """
-        weight = self.offset.weight.flatten(1)
-        bias = self.offset.bias
-        if self.dyscope:
-            weight = torch.cat([weight, self.scope.weight.flatten(1)])
-            if self.scope_bias:
-                bias = torch.cat([bias, self.scope.bias])
-        if self.style == "pl":
-            bias = bias.repeat_interleave(self.scale**2)
-        return weight, bias
 
 
 def _check_arguments(in_channels, scale, style, groups, dyscope, scope_bias) -> None:

@@ -26,7 +26,7 @@ _state = {"tried": False, "module": None, "reason": None}
 
 
 def _build(verbose: bool):
-    # importing cpp_extension warns about CUDA_HOME on CPU-only machines: not relevant here
+    # importing cpp_extension warns about CUDA_HOME on CPU-only machines: irrelevant to a CPU op
     extension_logger = logging.getLogger("torch.utils.cpp_extension")
     level = extension_logger.level
     extension_logger.setLevel(logging.ERROR)

@@ -27,7 +27,7 @@ import torch
 from . import native
 from .backend import active_sampler, grid_dtype, plain_ops
 
-__all__ = ["DySampleFunction", "use_kernel"]
+__all__ = ["DySampleFunction", "use_kernel", "kernel_forward"]
 
 
 def use_kernel(x: torch.Tensor) -> bool:
@@ -38,6 +38,44 @@ def use_kernel(x: torch.Tensor) -> bool:
     """
     return (x.device.type == "cpu" and not plain_ops() and active_sampler() == "auto"
             and native.load() is not None)
+
+
+def kernel_forward(module, x, base, add_to, out_size):
+    """
+    ``module(x, add_to, size)`` (a DySample) through `DySampleFunction`; base: the module's
+    base grid [s*H, s*W, 2] for the output size ``out_size``.
+    """
+    h, w = x.shape[-2:]
+    gdt = grid_dtype(x.dtype)
+    factor = 0.5 if module.dyscope else 0.25  # the scope factor, folded into the normalizer
+    norm = torch.tensor((factor * 2.0 / w, factor * 2.0 / h), dtype=gdt)
+    weight, bias = _offset_matrix(module)
+    # the sampling grid is kept for a backward only
+    keep_grid = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias))
+    return DySampleFunction.apply(
+        x, weight, bias, base, norm, module.scale, module.groups, module.dyscope, keep_grid,
+        add_to, module.style == "pl", out_size,
+    )
+
+
+def _offset_matrix(module):
+    """
+    The offset (and scope) 1x1 convs as one [R, C'] matrix and the bias of its offset
+    columns in the lp order (x|y, group, i, j). lp: C' = C, R = 2 * groups * s^2 (x2
+    with dyscope). pl: the convs read pixel_shuffle(x), whose channel c' at sub-pixel
+    k = i * s + j is input channel c' * s^2 + k: R = 2 * groups (x2), C' = C / s^2, applied
+    to each sub-pixel's channels by the Function (``pixel_shuffled``).
+    """
+    weight = module.offset.weight.flatten(1)
+    bias = module.offset.bias
+    if module.dyscope:
+        weight = torch.cat([weight, module.scope.weight.flatten(1)])
+        if module.scope_bias:
+            bias = torch.cat([bias, module.scope.bias])
+    if module.style == "pl":
+        bias = bias.repeat_interleave(module.scale**2)
+    return weight, bias
 
 
 class DySampleFunction(torch.autograd.Function):
