@@ -22,6 +22,8 @@ setup(
         "deploy": ["onnx==1.23.2", "onnxruntime==1.32.0", "ml-dtypes==0.5.4",
                    "onnxscript==0.7.2", "openvino==2026.4.1"],
         "test": ["pytest>=7", "opencv-python-headless<4.12", "panopticapi-lite",
-                 "onnx==1.23.2", "onnxruntime==1.32.0", "ml-dtypes==0.5.4"],
+                 "onnx==1.23.2", "onnxruntime==1.32.0", "ml-dtypes==0.5.4",
+                 "onnxscript==0.7.2", "openvino==2026.4.1",  # the deploy runtimes' tests
+                 "timm>=0.9"],  # Detectron2's ViT (ViTDet) uses timm's layers
     },
 )

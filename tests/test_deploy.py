@@ -78,9 +78,20 @@ def check_detections(adapter, run, sampler_name, names):
                 assert diffs[i] <= limit, f"{name} at {size}: {diffs[i]:.1e} > {limit}"
 
 
-@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
-@pytest.mark.parametrize("sampler_name,opset", ONNX_CELLS)
-@pytest.mark.parametrize("name", list(MODELS))
+def whole_model_cells():
+    """Every model x sampler x runtime; the quick subset (onnxruntime: all models with
+    GridSample, Faster R-CNN with gathers) outside the slow marker."""
+    for name in MODELS:
+        for sampler_name, opset in ONNX_CELLS:
+            for runtime in ("onnxruntime", "openvino"):
+                quick = runtime == "onnxruntime" and (sampler_name == "gridsample"
+                                                      or name == "faster")
+                yield pytest.param(name, sampler_name, opset, runtime,
+                                   marks=() if quick else pytest.mark.slow,
+                                   id=f"{name}-{sampler_name}-{opset}-{runtime}")
+
+
+@pytest.mark.parametrize("name,sampler_name,opset,runtime", list(whole_model_cells()))
 def test_onnx_whole_model_in_runtime(tmp_path, name, sampler_name, opset, runtime):
     needs(runtime)
     adapter = tracing_adapter(model(name), image(*EXPORT_SIZE))
@@ -90,12 +101,7 @@ def test_onnx_whole_model_in_runtime(tmp_path, name, sampler_name, opset, runtim
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
-@pytest.mark.parametrize("opset", [
-    pytest.param(11, marks=pytest.mark.xfail(
-        reason="grid_sample_gather clamps int64 corner indices: ONNX Clip takes integers "
-               "from opset 12", strict=False)),
-    12,
-])
+@pytest.mark.parametrize("opset", [11, 12])
 def test_onnx_gather_backbone_below_opset_16(tmp_path, opset, runtime):
     """Detectron2's default opset 11 and the others before GridSample: the gather sampler."""
     needs(runtime)

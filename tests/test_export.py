@@ -169,6 +169,28 @@ def test_cli_exports_torchscript(tmp_path):
     assert "48x120 (pred_boxes" in result.stdout  # the second size
 
 
+def test_cli_exports_onnx_opset_11_with_gathers_and_checks_it_in_openvino(tmp_path):
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install -e '.[deploy]')")
+    config = config_path("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
+    result = run_script("--config-file", config, "--format", "onnx", "--opset", "11",
+                        "--backbone-only", "--runtime", "openvino", "--output", str(tmp_path),
+                        "--size", "96", "128", *SMALL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sampler gather" in result.stdout and "checked in openvino" in result.stdout
+    assert re.search(r"96x128 \(p2 \[1, 64, 24, 32\]\): max \|eager - export\|", result.stdout)
+    assert "72x160 (p2" in result.stdout
+
+
+@pytest.mark.slow
+def test_cli_exports_a_torch_export_program_checked_at_a_padded_size(tmp_path):
+    config = config_path("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
+    result = run_script("--config-file", config, "--format", "export", "--backbone-only",
+                        "--output", str(tmp_path), "--size", "96", "128", *SMALL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "backbone.pt2").is_file() and "checked in torch" in result.stdout
+    assert "96x160 (p2 [1, 64, 24, 40])" in result.stdout  # 72x160 rounded up to 32s
+
+
 def test_impossible_export_says_which_op_and_module(tmp_path, capsys):
     """Detectron2's deformable conv is a Python autograd function: neither format has it."""
     script = load_script()
