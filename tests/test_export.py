@@ -2,7 +2,7 @@
 TorchScript / ONNX export of DySample-FPN R-CNNs (dysample_d2/export/, scripts/export_model.py).
 
 Tolerances (CPU, float32): traced vs eager, boxes 1e-4 px, scores and mask probabilities
-1e-5, classes exact (measured here: equal); ONNX Runtime vs eager FPN features,
+1e-5, classes exact (measured: equal); ONNX Runtime vs eager FPN features,
 atol = rtol = 1e-4 on values of magnitude ~4 (measured: <= 1.3e-5). More numbers:
 docs/export_and_visualization.md.
 """
