@@ -26,7 +26,7 @@ from dysample_d2.export import (
     trace_model,
     tracing_adapter,
 )
-from helpers import REPO, config_path, load_config
+from helpers import REPO, config_path, load_config, load_script
 
 TRACE_SIZE = (64, 96)
 OTHER_SIZES = [(96, 64), (80, 112)]  # 80x112: padded to 96x128 inside
@@ -116,16 +116,6 @@ def run_script(*args):
     )
 
 
-def load_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "export_model", os.path.join(REPO, "scripts", "export_model.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
-
-
 @pytest.mark.parametrize("args,message", [
     (["--format", "onnx", "--opset", "11", "--sampler", "gridsample"],
      "GridSample needs opset >= 16"),
@@ -138,7 +128,8 @@ def load_script():
 ])
 def test_cli_refuses_impossible_combinations_before_building(tmp_path, capsys, args, message):
     config = config_path("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
-    code = load_script().main(["--config-file", config, "--output", str(tmp_path), *args])
+    code = load_script("export_model").main(
+        ["--config-file", config, "--output", str(tmp_path), *args])
     err = capsys.readouterr().err
     assert code == 1 and "cannot export" in err and message in err, err
     assert not os.listdir(tmp_path)
@@ -151,7 +142,7 @@ def test_cli_names_the_extra_of_a_missing_runtime(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "openvino" else real(name, *a))
     config = config_path("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
-    code = load_script().main(["--config-file", config, "--output", str(tmp_path),
+    code = load_script("export_model").main(["--config-file", config, "--output", str(tmp_path),
                                "--format", "onnx", "--runtime", "openvino"])
     err = capsys.readouterr().err
     assert code == 1 and "runtime openvino is not installed: pip install -e '.[deploy]'" in err
@@ -193,7 +184,7 @@ def test_cli_exports_a_torch_export_program_checked_at_a_padded_size(tmp_path):
 
 def test_impossible_export_says_which_op_and_module(tmp_path, capsys):
     """Detectron2's deformable conv is a Python autograd function: neither format has it."""
-    script = load_script()
+    script = load_script("export_model")
     config = config_path("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
     code = script.main([
         "--config-file", config, "--format", "torchscript", "--output", str(tmp_path),
