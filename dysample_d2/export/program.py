@@ -114,7 +114,8 @@ def _program_failure(exc: Exception, module: nn.Module) -> str:
 
 def _is_model_source(filename: str) -> bool:
     parts = filename.replace(os.sep, "/")
-    return ("/detectron2/" in parts or "/dysample_d2/" in parts) and "/dysample_d2/export/" not in parts
+    in_model = "/detectron2/" in parts or "/dysample_d2/" in parts
+    return in_model and "/dysample_d2/export/" not in parts
 
 
 def _short_path(filename: str) -> str:
