@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on built-in data, from nothing: install what is missing, generate a small
-# COCO-layout dataset, train a DySample-FPN Faster R-CNN on CPU, evaluate it, draw it.
-#   ./scripts/quickstart.sh [--task det|mask|panoptic] [--iters N] [--out DIR]
+# COCO-layout dataset, train a DySample-FPN Faster R-CNN (ResNet-18) on CPU, evaluate it,
+# draw it.
+#   ./scripts/quickstart.sh [--task det|mask|panoptic] [--config-file FILE] [--iters N] [--out DIR]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_python.sh"
 
