@@ -7,15 +7,19 @@ setup(
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     license="Apache-2.0",
+    license_files=["LICENSE"],
     python_requires=">=3.9",
     packages=find_packages(include=["dysample_d2", "dysample_d2.*"]),
     # the CPU sampling kernel's source, built on first use (dysample_d2/layers/native.py)
     package_data={"dysample_d2": ["csrc/*.cpp", "csrc/*.h"]},
     # detectron2 and torch are not listed: neither installs by name from PyPI the way users
     # need it (see scripts/install.sh); a user with Detectron2 runs `pip install -e .`.
-    install_requires=["ninja", "fvcore>=0.1.5", "pycocotools>=2.0.2", "matplotlib", "tabulate"],
+    # shapely: the LSJ recipes' FixedSizeCrop crops polygon masks with it
+    install_requires=["ninja", "fvcore>=0.1.5", "pycocotools>=2.0.2", "matplotlib", "tabulate",
+                      "shapely"],
     extras_require={
         "demo": ["opencv-python-headless<4.12", "panopticapi-lite"],
+        "vitdet": ["timm>=0.9"],  # Detectron2's ViT (ViTDet) uses timm's layers
         "export": ["onnx==1.23.2", "onnxruntime==1.32.0", "ml-dtypes==0.5.4"],
         # runtimes and exporters of docs/deployment.md that install beside torch and numpy<2
         # (ExecuTorch and LiteRT's converters need numpy >= 2: see that page)

@@ -47,7 +47,7 @@ def test_demo_draws_predictions_on_a_generated_image(tmp_path, capsys):
     # a random model with every detection kept, so that something is drawn
     demo.main(["--config-file", config, "--input", str(tmp_path / "input.jpg"),
                "--output", str(tmp_path / "out.png"), "--confidence-threshold", "0.0",
-               "--opts", "MODEL.DEVICE", "cpu"])
+               "MODEL.DEVICE", "cpu"])
     drawn = np.asarray(Image.open(tmp_path / "out.png"))
     assert drawn.shape[:2] == (96, 128)
     assert not np.array_equal(drawn[..., :3], image)  # boxes or masks were drawn over it
