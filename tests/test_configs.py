@@ -52,7 +52,8 @@ QUICKSTART = {
 TINY_OWN_KEYS = {
     "quickstart/faster_rcnn_R_18_DySample_FPN_tiny.yaml": {
         "MODEL.RESNETS.DEPTH", "MODEL.RESNETS.RES2_OUT_CHANNELS", "MODEL.FPN.OUT_CHANNELS",
-        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "MODEL.ROI_BOX_HEAD.FC_DIM"},
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "MODEL.ROI_BOX_HEAD.FC_DIM",
+        "INPUT.MIN_SIZE_TRAIN", "INPUT.MAX_SIZE_TRAIN", "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST"},
 }
 
 # The DySample authors' released mmdet checkpoints, evaluated as mmdet runs them (converted with
