@@ -148,6 +148,7 @@ def test_cli_names_the_extra_of_a_missing_runtime(tmp_path, capsys, monkeypatch)
     assert code == 1 and "runtime openvino is not installed: pip install -e '.[deploy]'" in err
 
 
+@pytest.mark.slow
 def test_cli_exports_torchscript(tmp_path):
     config = config_path("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
     result = run_script("--config-file", config, "--format", "torchscript",
@@ -160,6 +161,7 @@ def test_cli_exports_torchscript(tmp_path):
     assert "48x120 (pred_boxes" in result.stdout  # the second size
 
 
+@pytest.mark.slow
 def test_cli_exports_onnx_opset_11_with_gathers_and_checks_it_in_openvino(tmp_path):
     pytest.importorskip("openvino", reason="openvino is not installed (pip install -e '.[deploy]')")
     config = config_path("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
