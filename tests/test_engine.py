@@ -87,6 +87,14 @@ def test_resume_reads_the_checkpoint_tag_through_atomic_writes(tmp_path):
     assert torch.equal(restored.weight, model.weight)
 
 
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
+    AtomicDetectionCheckpointer(nn.Linear(3, 2), str(tmp_path)).save("model_final")
+    (tmp_path / "plain").write_bytes(b"")
+    expected = os.stat(tmp_path / "plain").st_mode & 0o777
+    for name in ("model_final.pth", "last_checkpoint"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == expected
+
+
 # ---- the config builders ----
 
 QUICKSTART = os.path.join(REPO, "configs/quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")

@@ -19,6 +19,10 @@ class _AtomicFile:
         fd, self._tmp_path = tempfile.mkstemp(
             dir=os.path.dirname(os.path.abspath(path)), prefix=f".{os.path.basename(path)}."
         )
+        # mkstemp creates the file readable by its owner only: give it open()'s permissions
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self._tmp_path, 0o666 & ~umask)
         self._file = os.fdopen(fd, mode)
 
     def __getattr__(self, name):  # write, flush, tell, ... of the temporary file
