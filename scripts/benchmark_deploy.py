@@ -114,9 +114,10 @@ def top_down_share(runtime, path, image, threads):
         options.intra_op_num_threads = threads
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(os.path.dirname(path), "profile")
-        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        session.run(None, {"image": image.numpy()})
-        events = json.loads(Path(session.end_profiling()).read_text())
+        ort_session = onnxruntime.InferenceSession(path, options,
+                                                   providers=["CPUExecutionProvider"])
+        ort_session.run(None, {"image": image.numpy()})
+        events = json.loads(Path(ort_session.end_profiling()).read_text())
         nodes = [(e["name"], e["dur"]) for e in events if e.get("cat") == "Node"
                  and e["name"].endswith("_kernel_time")]
     elif runtime == "openvino":
