@@ -10,8 +10,12 @@ setup(
     license_files=["LICENSE"],
     python_requires=">=3.9",
     packages=find_packages(include=["dysample_d2", "dysample_d2.*"]),
-    # the CPU sampling kernel's source, built on first use (dysample_d2/layers/native.py)
-    package_data={"dysample_d2": ["csrc/*.cpp", "csrc/*.h"]},
+    package_data={
+        # the CPU sampling kernel's source, built on first use (dysample_d2/layers/native.py)
+        "dysample_d2.layers": ["csrc/*.cpp", "csrc/*.h"],
+        # the configs, found by dysample_d2.model_zoo (YACS _BASE_ chains and lazy imports)
+        "dysample_d2.model_zoo": ["configs/*.yaml", "configs/*/*.yaml", "configs/*/*.py"],
+    },
     # detectron2 and torch are not listed: neither installs by name from PyPI the way users
     # need it (see scripts/install.sh); a user with Detectron2 runs `pip install -e .`.
     # shapely: the LSJ recipes' FixedSizeCrop crops polygon masks with it

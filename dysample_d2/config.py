@@ -1,6 +1,6 @@
 from detectron2.config import CfgNode as CN
 
-DYSAMPLE_STYLES = ("lp", "pl")
+from .layers.dysample import DEFAULTS, check_dysample_arguments
 
 # Config nodes of DySample sites -> (the channel key its GROUPS must divide, the registered
 # names that build DySample from the node). The early check validates a node only where one
@@ -21,15 +21,15 @@ DYSAMPLE_SITES = {
 def _add_site_keys(node):
     # "lp": offsets predicted from the low-resolution input; "pl": from the pixel-shuffled
     # input (a quarter of the offset conv's input channels at scale 2).
-    node.STYLE = "lp"
+    node.STYLE = DEFAULTS["style"]
     # Channel groups, each with its own sampling positions; must divide the site's channels
     # (MODEL.FPN.OUT_CHANNELS, MODEL.SEM_SEG_HEAD.CONVS_DIM).
-    node.GROUPS = 4
+    node.GROUPS = DEFAULTS["groups"]
     # False: static scope, offsets * 0.25 (DySample); True: dynamic scope (DySample+).
-    node.DYSCOPE = False
+    node.DYSCOPE = DEFAULTS["dyscope"]
     # True gives DySample+'s scope conv a bias, as in the authors' first dysample.py release
     # (for checkpoints trained with it); needs DYSCOPE True.
-    node.SCOPE_BIAS = False
+    node.SCOPE_BIAS = DEFAULTS["scope_bias"]
 
 
 def add_dysample_config(cfg):
@@ -76,34 +76,11 @@ def dysample_kwargs_from_config(cfg, site: str = "MODEL.FPN.DYSAMPLE") -> dict:
         raise KeyError(f"unknown DySample site {site!r}; allowed: {list(DYSAMPLE_SITES)}")
     channels_key = DYSAMPLE_SITES[site][0]
     node = _get(cfg, site)
-    channels = _get(cfg, channels_key)
-    if node.STYLE not in DYSAMPLE_STYLES:
-        raise ValueError(
-            f"{site}.STYLE must be one of {list(DYSAMPLE_STYLES)}, got {node.STYLE!r}"
-        )
-    groups = node.GROUPS
-    if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f"{site}.GROUPS must be an int >= 1, got {groups!r}")
-    if channels % groups != 0:
-        divisors = [d for d in range(1, channels + 1) if channels % d == 0]
-        raise ValueError(
-            f"{site}.GROUPS={groups} must divide {channels_key}={channels}; "
-            f"allowed values: {divisors}"
-        )
-    if node.STYLE == "pl" and channels % 4 != 0:
-        raise ValueError(
-            f"{site}.STYLE='pl' needs {channels_key} divisible by 4 (scale 2 squared), "
-            f"got {channels}"
-        )
-    for flag in ("DYSCOPE", "SCOPE_BIAS"):
-        if not isinstance(node[flag], bool):
-            raise ValueError(f"{site}.{flag} must be true or false, got {node[flag]!r}")
-    if node.SCOPE_BIAS and not node.DYSCOPE:
-        raise ValueError(
-            f"{site}.SCOPE_BIAS True needs {site}.DYSCOPE True (only DySample+ has a scope conv)"
-        )
-    return {"style": node.STYLE, "groups": groups, "dyscope": node.DYSCOPE,
-            "scope_bias": node.SCOPE_BIAS}
+    kwargs = {argument: node[argument.upper()] for argument in DEFAULTS}
+    names = {argument: f"{site}.{argument.upper()}" for argument in DEFAULTS}
+    names["in_channels"] = channels_key
+    check_dysample_arguments(_get(cfg, channels_key), 2, names=names, **kwargs)
+    return kwargs
 
 
 def check_dysample_config(cfg) -> None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """
-The compiled CPU sampling kernel (dysample_d2/csrc) against ATen's grid_sampler_2d, alone:
+The compiled CPU sampling kernel (dysample_d2/layers/csrc) against ATen's grid_sampler_2d, alone:
 forward and backward (input and grid gradients) of bilinear sampling, padding "border", on
 DySample-like grids (the bilinear x2 positions plus random offsets of a given size, in input
 pixels). How far apart the pixels of an output row read is what the kernel's channels-last
@@ -23,7 +23,7 @@ sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
 import torch  # noqa: E402
 
 from bench_common import header_lines, start_info, write_results  # noqa: E402
-from dysample_d2.benchmark import dysample_like_grid  # noqa: E402
+from bench_common import dysample_like_grid  # noqa: E402
 
 DEFAULT_SHAPES = [(8, 64, 25, 42), (8, 64, 50, 84), (8, 64, 100, 168)]
 DEFAULT_OFFSETS = (0.0, 0.5, 2.0, 10.0)

@@ -40,7 +40,7 @@ from bench_common import (  # noqa: E402
     synchronize,
     write_results,
 )
-from dysample_d2.benchmark import upsampling_ms  # noqa: E402
+from bench_common import upsampling_ms  # noqa: E402
 
 CONFIGS = {
     # ResNet-50 + FPN alone (the configs' `model.backbone`): the only part whose work differs

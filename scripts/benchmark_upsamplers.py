@@ -2,7 +2,7 @@
 """
 Upsampler micro-benchmark: nearest, bilinear, the project's DySample (lp/pl x static/dynamic
 scope; on CPU also lp and lp+ on the reference formulation, "(grid_sample)") and the authors'
-formulation (dysample_d2/layers/authors.py), x2 upsampling.
+formulation (scripts/authors_dysample.py), x2 upsampling.
 
 Per case: parameters, FLOPs (fvcore, counted on the traced graph), forward and forward+backward
 latency (medians after warm-up, cases interleaved and rotated every repeat so that load drift
@@ -24,7 +24,7 @@ sys.path[:0] = [str(REPO)]
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from dysample_d2.benchmark import SMOKE_RUN  # noqa: E402
+from bench_common import SMOKE_RUN  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench_common import (  # noqa: E402
@@ -72,7 +72,7 @@ def scale_offsets(module, x, offset_px):
 
 def build_cases(channels, scale, groups, dtype, device, x, offset_px=None):
     from dysample_d2 import DySample
-    from dysample_d2.layers.authors import AuthorsDySample
+    from authors_dysample import AuthorsDySample
 
     cases = [(mode, Interpolate(mode, scale)) for mode in ("nearest", "bilinear")]
     references = []

@@ -17,11 +17,7 @@ import argparse
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-
-from dysample_d2.convert import (  # noqa: E402
+from mmdet_conversion import (
     TASKS,
     ConversionError,
     config_for_checkpoint,
@@ -47,8 +43,7 @@ def get_parser():
 
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
-    config_file = args.config_file or config_for_checkpoint(args.input,
-                                                            os.path.join(REPO, "configs"))
+    config_file = args.config_file or config_for_checkpoint(args.input)
     if config_file is None:
         print(f"error: {os.path.basename(args.input)!r} is not one of the authors' released "
               "file names: give the matching --config-file (configs/mmdet-recipe/*_mmdet.yaml)",

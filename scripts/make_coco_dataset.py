@@ -81,8 +81,7 @@ def main(argv=None) -> int:
     if os.path.exists(args.root) and not os.path.isdir(args.root):
         parser.error(f"argument --root: {args.root!r} exists and is not a directory")
     # Imported after parsing: bad arguments fail fast, without importing torch/detectron2.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from dysample_d2.data import generate_synthetic_ade20k, generate_synthetic_coco
+    from synthetic_data import generate_synthetic_ade20k, generate_synthetic_coco
 
     logging.basicConfig(level=logging.WARNING)
     generators = [("COCO", generate_synthetic_coco)]

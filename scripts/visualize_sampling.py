@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from dysample_d2.export import load_model
-from dysample_d2.visualization import choose_points, collect_sampling, draw_sampling, summary
+from sampling_plot import choose_points, collect_sampling, draw_sampling, summary
 
 
 def get_parser():

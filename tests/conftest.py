@@ -10,14 +10,17 @@ import pytest
 DATASETS_ROOT = tempfile.mkdtemp(prefix="dysample_d2_test_datasets_")
 os.environ["DETECTRON2_DATASETS"] = DATASETS_ROOT
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)  # train_net.py, scripts/
+# train_net.py, and the tooling modules of scripts/ (synthetic data, benchmarks, the authors'
+# DySample as the tests' oracle, the mmdet converter)
+for path in (REPO, os.path.join(REPO, "scripts")):
+    if path not in sys.path:
+        sys.path.insert(0, path)
 
 
 @pytest.fixture(scope="session")
 def coco_root():
     """A tiny COCO-layout dataset (6 train, 3 val images of 128 px) under $DETECTRON2_DATASETS."""
-    from dysample_d2.data import generate_synthetic_coco
+    from synthetic_data import generate_synthetic_coco
 
     generate_synthetic_coco(DATASETS_ROOT, train_images=6, val_images=3, size=128, seed=0)
     return DATASETS_ROOT

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dysample_d2.layers import SAMPLERS, native, sampler
-from dysample_d2.layers.authors import AuthorsDySample
+from authors_dysample import AuthorsDySample
 
 
 @pytest.fixture(params=SAMPLERS)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from dysample_d2.benchmark import SMOKE_RUN, UPSAMPLING_EVENTS, is_top_down_sum
+from bench_common import SMOKE_RUN, UPSAMPLING_EVENTS, is_top_down_sum
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -169,7 +169,7 @@ def test_config_describes_the_paper_system(name):
 @pytest.mark.parametrize("name", sorted(EXPECTED_MMDET))
 def test_mmdet_recipe_config_is_its_system_run_as_mmdet_runs_it(name):
     """The architecture of the COCO-* config it inherits; mmdet's input, ResNet and tests."""
-    from dysample_d2.convert import RELEASED_CHECKPOINTS, check_mmdet_recipe, task_of_config
+    from mmdet_conversion import RELEASED_CHECKPOINTS, check_mmdet_recipe, task_of_config
 
     base, released = EXPECTED_MMDET[name]
     cfg, base_cfg = load_config(name, tiny=False), load_config(base, tiny=False)

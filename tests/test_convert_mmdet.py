@@ -13,7 +13,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from dysample_d2.convert import (
+from mmdet_conversion import (
     ConversionError,
     config_for_checkpoint,
     convert_checkpoint,
@@ -24,7 +24,7 @@ from dysample_d2.convert import (
 )
 from dysample_d2.engine import CheckpointMismatchError, load_exact_checkpoint, setup_config
 from dysample_d2.layers import DySample
-from dysample_d2.layers.authors import AuthorsDySample
+from authors_dysample import AuthorsDySample
 
 from helpers import CONFIG_DIR
 
@@ -344,13 +344,13 @@ def test_dysampleplus_scope_bias_needs_the_scope_bias_key(scratch):
 
 
 def test_command_line(scratch, capsys):
-    from scripts.convert_mmdet_checkpoint import main
+    from convert_mmdet_checkpoint import main
 
     released = scratch / "faster_rcnn_r50_fpn_dysample-lpg4_1x_coco.pth"
     state = random_state("faster_r50_dysample")
     torch.save({"state_dict": state, "meta": {}, "message_hub": FakeMessageHub()},
                released)  # a foreign class: loaded as an inert placeholder, never run
-    assert config_for_checkpoint(str(released), CONFIG_DIR).endswith(
+    assert config_for_checkpoint(str(released)).endswith(
         "mmdet-recipe/faster_rcnn_R_50_DySample_FPN_1x_mmdet.yaml")
     out = scratch / "out.pth"
     assert main([str(released), str(out)]) == 0  # config from the released file name

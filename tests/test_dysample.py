@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from dysample_d2 import DySample
 from dysample_d2.layers import dysample as dysample_module
-from dysample_d2.layers.authors import AuthorsDySample
+from authors_dysample import AuthorsDySample
 
 from sampler_helpers import each_sampler, randomize, zero_offsets  # noqa: F401
 
@@ -139,7 +139,7 @@ def test_torch_export_and_compile_work_with_dynamic_sizes(each_sampler):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(in_channels=16, style="nearest"), "style must be one of ('lp', 'pl')"),
+        (dict(in_channels=16, style="nearest"), "style must be one of ['lp', 'pl']"),
         (dict(in_channels=16, groups=0), "groups must be an int >= 1"),
         (dict(in_channels=16, groups=3), "groups=3 must divide in_channels=16"),
         (dict(in_channels=18, style="pl", groups=2), "divisible by scale**2=4"),

@@ -14,7 +14,6 @@ from dysample_d2.engine.config import closest_key
 
 from conftest import REPO
 
-sys.path.insert(0, os.path.join(REPO, "scripts"))
 
 
 def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -102,11 +102,11 @@ def test_retinanet_builder_has_p6_p7():
         (["GROUPS", 0], ValueError,
          "MODEL.FPN.DYSAMPLE.GROUPS must be an int >= 1, got 0"),
         (["DYSCOPE", "yes"], ValueError,
-         "MODEL.FPN.DYSAMPLE.DYSCOPE must be true or false"),
+         "MODEL.FPN.DYSAMPLE.DYSCOPE must be True or False"),
         (["SCOPE_BIAS", True], ValueError,
-         "MODEL.FPN.DYSAMPLE.SCOPE_BIAS True needs MODEL.FPN.DYSAMPLE.DYSCOPE True"),
+         "MODEL.FPN.DYSAMPLE.SCOPE_BIAS=True needs MODEL.FPN.DYSAMPLE.DYSCOPE=True"),
         (["SCOPE_BIAS", 1], ValueError,
-         "MODEL.FPN.DYSAMPLE.SCOPE_BIAS must be true or false, got 1"),
+         "MODEL.FPN.DYSAMPLE.SCOPE_BIAS must be True or False, got 1"),
     ],
 )
 def test_invalid_config_values_raise_at_build(key_value, error, message):

@@ -79,9 +79,9 @@ def test_standin_answers_the_environment_report_and_names_missing_ops():
 
 
 def test_installed_detectron2_ops_fail_with_a_clear_message():
-    import dysample_d2
+    import detectron2._C as C
 
-    if dysample_d2.has_compiled_ops():
+    if not getattr(C, "IS_STANDIN", False):
         boxes = torch.tensor([[5.0, 5.0, 4.0, 4.0, 0.0]])
         assert torch.ops.detectron2.nms_rotated(boxes, torch.ones(1), 0.5).tolist() == [0]
         return

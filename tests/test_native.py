@@ -1,9 +1,9 @@
-"""The compiled CPU sampling kernel (dysample_d2/csrc) against ATen's grid_sampler_2d."""
+"""The compiled CPU sampling kernel (dysample_d2/layers/csrc) against ATen's grid_sampler_2d."""
 import pytest
 import torch
 
 from dysample_d2 import DySample
-from dysample_d2.benchmark import dysample_like_grid
+from bench_common import dysample_like_grid
 from dysample_d2.layers import dysample as dysample_module
 from dysample_d2.layers import native
 

@@ -91,9 +91,9 @@ def test_head_equals_semsegfpnhead_at_zero_offsets():
          "MODEL.SEM_SEG_HEAD.DYSAMPLE.GROUPS=3 must divide MODEL.SEM_SEG_HEAD.CONVS_DIM=128; "
          "allowed values: [1, 2, 4, 8, 16, 32, 64, 128]"),
         ("GROUPS", 0, "MODEL.SEM_SEG_HEAD.DYSAMPLE.GROUPS must be an int >= 1, got 0"),
-        ("DYSCOPE", "yes", "MODEL.SEM_SEG_HEAD.DYSAMPLE.DYSCOPE must be true or false"),
-        ("SCOPE_BIAS", True, "MODEL.SEM_SEG_HEAD.DYSAMPLE.SCOPE_BIAS True needs "
-         "MODEL.SEM_SEG_HEAD.DYSAMPLE.DYSCOPE True"),
+        ("DYSCOPE", "yes", "MODEL.SEM_SEG_HEAD.DYSAMPLE.DYSCOPE must be True or False"),
+        ("SCOPE_BIAS", True, "MODEL.SEM_SEG_HEAD.DYSAMPLE.SCOPE_BIAS=True needs "
+         "MODEL.SEM_SEG_HEAD.DYSAMPLE.DYSCOPE=True"),
     ],
 )
 def test_bad_head_values_fail_naming_the_key(key, value, message):
@@ -200,7 +200,7 @@ def test_lazy_panoptic_config_changes_only_the_upsamplers_and_trains():
     from detectron2 import model_zoo
     from detectron2.config import LazyConfig, instantiate
 
-    from dysample_d2.modeling.lazy import check_dysample_arguments
+    from dysample_d2.modeling.lazy import check_lazy_dysample_arguments
 
     cfg = LazyConfig.load(config_path(LAZY_PANOPTIC))
     zoo = model_zoo.get_config("COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.py")
@@ -230,15 +230,15 @@ def test_lazy_panoptic_config_changes_only_the_upsamplers_and_trains():
 
     bad = LazyConfig.apply_overrides(LazyConfig.load(config_path(LAZY_PANOPTIC)),
                                      ["model.sem_seg_head.groups=3"])
-    with pytest.raises(ValueError, match=r"model.sem_seg_head: DySample: groups=3 must divide"):
-        check_dysample_arguments(bad)
+    with pytest.raises(ValueError, match=r"model.sem_seg_head.groups=3 must divide model.sem_seg_head's DySample channels=128"):
+        check_lazy_dysample_arguments(bad)
 
 
 # --- the ADE20K-layout synthetic dataset ---------------------------------------------------
 
 @pytest.fixture(scope="module")
 def ade20k_root():
-    from dysample_d2.data import generate_synthetic_ade20k
+    from synthetic_data import generate_synthetic_ade20k
 
     root = os.environ["DETECTRON2_DATASETS"]  # set by conftest.py before detectron2 is imported
     generate_synthetic_ade20k(root, train_images=4, val_images=2, size=96, seed=0)
@@ -267,7 +267,7 @@ def test_ade20k_labels_are_the_drawn_classes(ade20k_root):
     from detectron2.data import DatasetCatalog
     from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
 
-    from dysample_d2.data.synthetic_ade20k import ADE20K_CLASS_OF
+    from synthetic_data.ade20k import ADE20K_CLASS_OF
 
     allowed = {ADE20K_SEM_SEG_CATEGORIES.index(c) for c in ADE20K_CLASS_OF.values()} | {255}
     for d in DatasetCatalog.get("ade20k_sem_seg_train"):
@@ -290,7 +290,7 @@ def test_sem_seg_evaluator_scores_the_ground_truth_100(ade20k_root):
 
 
 def test_ade20k_generator_reuses_and_refuses_as_the_coco_one(ade20k_root, tmp_path):
-    from dysample_d2.data import generate_synthetic_ade20k, validate_ade20k_dir
+    from synthetic_data import generate_synthetic_ade20k, validate_ade20k_dir
 
     args = dict(train_images=4, val_images=2, size=96, seed=0)
     ade_dir, reused = generate_synthetic_ade20k(ade20k_root, **args)

@@ -16,9 +16,9 @@ from panopticapi.utils import rgb2id
 from PIL import Image
 from pycocotools.coco import COCO
 
-from dysample_d2.data import DatasetValidationError, generate_synthetic_coco
-from dysample_d2.data import synthetic_coco
-from dysample_d2.data.synthetic_draw import THING_STYLES, rasterize_polygon, render_scene
+from synthetic_data import DatasetValidationError, generate_synthetic_coco
+from synthetic_data import coco as synthetic_coco
+from synthetic_data.draw import THING_STYLES, rasterize_polygon, render_scene
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = os.path.join(REPO, "scripts", "make_coco_dataset.py")

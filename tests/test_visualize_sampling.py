@@ -1,4 +1,4 @@
-"""scripts/visualize_sampling.py and dysample_d2/visualization.py on a small random model."""
+"""scripts/visualize_sampling.py and scripts/sampling_plot.py on a small random model."""
 import re
 
 import numpy as np
@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from dysample_d2.export import load_model
-from dysample_d2.visualization import choose_points
+from sampling_plot import choose_points
 from helpers import config_path, load_script
 
 CONFIG = config_path("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")

@@ -1,4 +1,5 @@
 """Evaluators for the datasets the configs name, and evaluation of a lazy config's model."""
+import functools
 import logging
 
 from detectron2.config import instantiate
@@ -12,14 +13,20 @@ from detectron2.evaluation import (
     print_csv_format,
 )
 
-from ..env import has_compiled_ops
-
 logger = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=None)
 def _coco_fast_impl() -> bool:
-    """Detectron2's fast COCO AP needs its compiled ops; pycocotools gives the same AP."""
-    if has_compiled_ops():
+    """
+    Detectron2's fast COCO AP needs its compiled extension; pycocotools gives the same AP.
+    A Detectron2 installed without one (scripts/install.sh's stand-in ``_C``) says so.
+    """
+    try:
+        import detectron2._C as C
+    except ImportError:
+        C = None
+    if C is not None and not getattr(C, "IS_STANDIN", False):
         return True
     logger.info("detectron2's compiled ops are not installed: COCO AP uses pycocotools")
     return False

@@ -109,7 +109,7 @@ def setup_lazy_config(path: str, overrides=()):
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from ..modeling.lazy import check_dysample_arguments
+    from ..modeling.lazy import check_lazy_dysample_arguments
 
     check_config_file(path)
     cfg = LazyConfig.load(path)
@@ -118,7 +118,7 @@ def setup_lazy_config(path: str, overrides=()):
         key, value = _parse_override(parser, str(text))
         _check_override(OmegaConf.to_container(cfg, resolve=False), text, key, value)
         LazyConfig.apply_overrides(cfg, [str(text)])
-    check_dysample_arguments(cfg)
+    check_lazy_dysample_arguments(cfg)
     train = cfg.get("train")
     if train is not None and "device" in train:
         if train.device.startswith("cuda") and not torch.cuda.is_available():

@@ -19,9 +19,12 @@ from .backend import active_sampler, grid_dtype, plain_ops, tracing
 from .gather import grid_sample_gather
 from .sampling import kernel_forward, use_kernel
 
-__all__ = ["DySample"]
+__all__ = ["DySample", "DEFAULTS", "STYLES", "check_dysample_arguments"]
 
 STYLES = ("lp", "pl")
+# DySample's defaults, the authors' DySample-S: offsets from the low-resolution input ("lp"),
+# 4 channel groups, static scope. Every builder and config of the package takes them from here.
+DEFAULTS = {"style": "lp", "groups": 4, "dyscope": False, "scope_bias": False}
 
 
 @lru_cache(maxsize=64)
@@ -89,13 +92,13 @@ class DySample(nn.Module):
         self,
         in_channels: int,
         scale: int = 2,
-        style: str = "lp",
-        groups: int = 4,
-        dyscope: bool = False,
-        scope_bias: bool = False,
+        style: str = DEFAULTS["style"],
+        groups: int = DEFAULTS["groups"],
+        dyscope: bool = DEFAULTS["dyscope"],
+        scope_bias: bool = DEFAULTS["scope_bias"],
     ):
         super().__init__()
-        _check_arguments(in_channels, scale, style, groups, dyscope, scope_bias)
+        check_dysample_arguments(in_channels, scale, style, groups, dyscope, scope_bias)
         self.in_channels = in_channels
         self.scale = scale
         self.style = style
@@ -230,33 +233,47 @@ class DySample(nn.Module):
         return sampled if add_to is None else add_to.add_(sampled)
 
 
-def _check_arguments(in_channels, scale, style, groups, dyscope, scope_bias) -> None:
-    if not isinstance(in_channels, int) or in_channels < 1:
-        raise ValueError(f"DySample: in_channels must be a positive int, got {in_channels!r}")
+def check_dysample_arguments(in_channels, scale=2, style=DEFAULTS["style"],
+                             groups=DEFAULTS["groups"], dyscope=DEFAULTS["dyscope"],
+                             scope_bias=DEFAULTS["scope_bias"], names=None) -> None:
+    """
+    The one check of DySample's arguments, for the module and for every config that sets
+    them: raises ValueError naming the argument and its allowed values.
+
+    Args:
+        names (dict, optional): what the caller calls each argument in its messages, e.g.
+            ``{"groups": "MODEL.FPN.DYSAMPLE.GROUPS", "in_channels": "MODEL.FPN.OUT_CHANNELS"}``;
+            default the argument names.
+    """
+    names = names or {}
+
+    def name(argument):
+        return names.get(argument, argument)
+
+    def refuse(message):
+        raise ValueError(message if names else f"DySample: {message}")
+
+    if not isinstance(in_channels, int) or isinstance(in_channels, bool) or in_channels < 1:
+        refuse(f"{name('in_channels')} must be a positive int, got {in_channels!r}")
     if not isinstance(scale, int) or isinstance(scale, bool) or scale < 2:
-        raise ValueError(f"DySample: scale must be an int >= 2, got {scale!r}")
+        refuse(f"{name('scale')} must be an int >= 2, got {scale!r}")
     if style not in STYLES:
-        raise ValueError(f"DySample: style must be one of {STYLES}, got {style!r}")
+        refuse(f"{name('style')} must be one of {list(STYLES)}, got {style!r}")
     if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f"DySample: groups must be an int >= 1, got {groups!r}")
+        refuse(f"{name('groups')} must be an int >= 1, got {groups!r}")
     if in_channels % groups != 0:
-        raise ValueError(
-            f"DySample: groups={groups} must divide in_channels={in_channels} "
-            f"(allowed: divisors of {in_channels})"
-        )
+        divisors = [d for d in range(1, in_channels + 1) if in_channels % d == 0]
+        refuse(f"{name('groups')}={groups} must divide {name('in_channels')}={in_channels}; "
+               f"allowed values: {divisors}")
     if style == "pl" and in_channels % scale**2 != 0:
-        raise ValueError(
-            f"DySample: style='pl' needs in_channels divisible by scale**2={scale**2}, "
-            f"got in_channels={in_channels}"
-        )
-    if not isinstance(dyscope, bool):
-        raise ValueError(f"DySample: dyscope must be True or False, got {dyscope!r}")
-    if not isinstance(scope_bias, bool):
-        raise ValueError(f"DySample: scope_bias must be True or False, got {scope_bias!r}")
+        refuse(f"{name('style')}='pl' needs {name('in_channels')} divisible by "
+               f"scale**2={scale**2}, got {in_channels}")
+    for argument, value in (("dyscope", dyscope), ("scope_bias", scope_bias)):
+        if not isinstance(value, bool):
+            refuse(f"{name(argument)} must be True or False, got {value!r}")
     if scope_bias and not dyscope:
-        raise ValueError(
-            "DySample: scope_bias=True needs dyscope=True (only DySample+ has a scope conv)"
-        )
+        refuse(f"{name('scope_bias')}=True needs {name('dyscope')}=True "
+               "(only DySample+ has a scope conv)")
 
 
 def _check_input(x: torch.Tensor, in_channels: int) -> None:

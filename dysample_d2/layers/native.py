@@ -1,5 +1,5 @@
 """
-The optional compiled CPU sampling kernel (``dysample_d2/csrc/``: forward, backward).
+The optional compiled CPU sampling kernel (``csrc/`` beside this file: forward, backward).
 
 Built on first use with ``torch.utils.cpp_extension.load`` (a C++ compiler and ninja; about a
 minute, then cached under ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``);
@@ -18,7 +18,7 @@ from .backend import ENV_VAR, active_sampler
 
 __all__ = ["load", "status"]
 
-CSRC = os.path.join(os.path.dirname(os.path.dirname(__file__)), "csrc")
+CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 SOURCES = [os.path.join(CSRC, f"sample_{part}_cpu.cpp") for part in ("forward", "backward")]
 logger = logging.getLogger(__name__)
 _lock = threading.Lock()

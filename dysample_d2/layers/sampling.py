@@ -136,8 +136,10 @@ class DySampleFunction(torch.autograd.Function):
             keep_grid, add_to.view(b * g, c // g, s * h, s * w) if add_in_kernel else empty)
         ctx.kernel = kernel
         ctx.save_for_backward(xs, grid, weight, off if dyscope else None, raw_bias)
-        bias_rows = (0, None) if bias is None else (bias.numel(), bias.dtype)
-        ctx.config = (b, c, h, w, s, g, m, x.dtype, norm, bias_rows, sub_pixels, crop)
+        ctx.input_shape, ctx.input_dtype = (b, c, h, w), x.dtype
+        ctx.scale, ctx.groups, ctx.norm, ctx.sub_pixels, ctx.crop = s, g, norm, sub_pixels, crop
+        ctx.bias_numel = 0 if bias is None else bias.numel()
+        ctx.bias_dtype = None if bias is None else bias.dtype
         out = out.view(b, c, s * h, s * w)
         if crop is not None:
             out = out[..., : crop[0], : crop[1]].contiguous()
@@ -151,8 +153,9 @@ class DySampleFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         grad_out_in = grad_out  # add_to's gradient
         xs, grid, weight, off, raw_bias = ctx.saved_tensors
-        b, c, h, w, s, g, m, in_dtype, norm, bias_rows, sub_pixels, crop = ctx.config
-        bias_numel, bias_dtype = bias_rows
+        b, c, h, w = ctx.input_shape
+        s, g, norm, sub_pixels, crop = ctx.scale, ctx.groups, ctx.norm, ctx.sub_pixels, ctx.crop
+        m = 2 * g * s * s
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_add_to = grad_out_in if ctx.has_add_to and ctx.needs_input_grad[9] else None
         if not (need_x or need_w or need_b):  # add_to's gradient only
@@ -181,7 +184,8 @@ class DySampleFunction(torch.autograd.Function):
             grad_scope = grad_off[..., m:]
             torch.mul(grad_raw, raw, out=grad_scope)
             torch.ops.aten.sigmoid_backward.grad_input(grad_scope, gate, grad_input=grad_scope)
-        grad_b = grad_off[..., :bias_numel].sum((0, 1)).to(bias_dtype) if need_b else None
+        grad_b = (grad_off[..., :ctx.bias_numel].sum((0, 1)).to(ctx.bias_dtype) if need_b
+                  else None)
         grad_rows = _gradient_by_row(grad_off, sub_pixels) if need_w or need_x else None
         grad_x = grad_w = None
         if need_w:  # [R, C / s^2] summed over the batch
@@ -190,7 +194,7 @@ class DySampleFunction(torch.autograd.Function):
         if need_x:  # the offset branch's input gradient added to the sampling's, in place
             grad_x_cols = grad_xs.view(b, c // sub_pixels, sub_pixels * h * w)
             grad_x_cols.baddbmm_(weight.to(gdt).t().expand(b, -1, -1), grad_rows)
-            grad_x = grad_xs.view(b, c, h, w).to(in_dtype)
+            grad_x = grad_xs.view(b, c, h, w).to(ctx.input_dtype)
         grads = (grad_x, grad_w, grad_b) + (None,) * 6 + (grad_add_to, None, None)
         return grads[: len(ctx.needs_input_grad)]  # as many as the arguments given
 

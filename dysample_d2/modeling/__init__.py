@@ -3,16 +3,6 @@ from .fpn import (
     build_resnet_dysample_fpn_backbone,
     build_retinanet_resnet_dysample_fpn_backbone,
 )
+from .lazy import to_dysample
 from .semantic_seg import DySampleSemSegFPNHead
-from .lazy import dysample_fpn, dysample_simple_feature_pyramid
 from .vitdet import DySampleSimpleFeaturePyramid
-
-__all__ = [
-    "DySampleFPN",
-    "build_resnet_dysample_fpn_backbone",
-    "build_retinanet_resnet_dysample_fpn_backbone",
-    "DySampleSemSegFPNHead",
-    "DySampleSimpleFeaturePyramid",
-    "dysample_fpn",
-    "dysample_simple_feature_pyramid",
-]

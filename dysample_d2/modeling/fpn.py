@@ -6,7 +6,7 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
 from ..config import dysample_kwargs_from_config
-from ..layers import DySample
+from ..layers import DEFAULTS, DySample
 
 __all__ = [
     "DySampleFPN",
@@ -36,10 +36,10 @@ class DySampleFPN(FPN):
         fuse_type="sum",
         square_pad=0,
         *,
-        style="lp",
-        groups=4,
-        dyscope=False,
-        scope_bias=False,
+        style=DEFAULTS["style"],
+        groups=DEFAULTS["groups"],
+        dyscope=DEFAULTS["dyscope"],
+        scope_bias=DEFAULTS["scope_bias"],
     ):
         """
         Args:

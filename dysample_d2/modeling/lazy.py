@@ -4,12 +4,12 @@ LazyConfig helpers: DySample in the upsampling steps of Detectron2's lazy models
 A lazy config of this project loads Detectron2's own config and changes only the
 upsampler::
 
-    from dysample_d2.modeling.lazy import dysample_fpn, model_zoo_recipe
+    from dysample_d2.modeling.lazy import model_zoo_recipe, to_dysample
 
     dataloader, lr_multiplier, model, optimizer, train = model_zoo_recipe(
         "new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py"
     )
-    model.backbone = dysample_fpn(model.backbone, style="lp", groups=4)
+    model.backbone = to_dysample(model.backbone, style="lp", groups=4)
 
 The node keeps every other argument (bottom-up network, norm, top block, interpolations),
 so command-line overrides such as ``model.backbone.groups=8`` address the same keys as
@@ -22,27 +22,30 @@ from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
 from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..layers import DySample
+from ..layers import DEFAULTS, check_dysample_arguments
 from .fpn import DySampleFPN
 from .semantic_seg import DySampleSemSegFPNHead
 from .vitdet import DySampleSimpleFeaturePyramid
 
 __all__ = [
-    "DYSAMPLE_TARGETS",
+    "DYSAMPLE_TWINS",
     "LAZY_LAYOUT",
-    "check_dysample_arguments",
-    "dysample_fpn",
-    "dysample_simple_feature_pyramid",
-    "dysample_sem_seg_head",
+    "check_lazy_dysample_arguments",
     "model_zoo_recipe",
+    "to_dysample",
 ]
-
-# DySample's arguments and defaults, as the DYSAMPLE_TARGETS take them.
-DYSAMPLE_DEFAULTS = dict(style="lp", groups=4, dyscope=False, scope_bias=False)
 
 # The top-level keys of Detectron2's lazy training configs, in the order model_zoo_recipe
 # returns them.
 LAZY_LAYOUT = ("dataloader", "lr_multiplier", "model", "optimizer", "train")
+
+# Detectron2's upsampling modules -> their DySample twins (the same constructor arguments
+# plus DySample's).
+DYSAMPLE_TWINS = {
+    FPN: DySampleFPN,
+    SimpleFeaturePyramid: DySampleSimpleFeaturePyramid,
+    SemSegFPNHead: DySampleSemSegFPNHead,
+}
 
 
 def model_zoo_recipe(config_path: str):
@@ -59,49 +62,34 @@ def _target(node):
     return locate(target) if isinstance(target, str) else target
 
 
-def _convert(node, base, target, dysample_args):
-    """Turn a LazyCall(base) node into LazyCall(target) in place, adding DySample's args."""
+def to_dysample(node, **dysample_args):
+    """
+    Turn a ``LazyCall(FPN)``, ``LazyCall(SimpleFeaturePyramid)`` (ViTDet) or
+    ``LazyCall(SemSegFPNHead)`` (Panoptic FPN's semantic branch) node into its DySample twin
+    (:data:`DYSAMPLE_TWINS`) in place, keeping all its other arguments; returns the node.
+    Checkpoints of the original model load with only the DySample parameters missing.
+
+    Args:
+        dysample_args: style, groups, dyscope, scope_bias, as for :class:`DySample`
+            (defaults :data:`dysample_d2.layers.DEFAULTS`).
+    """
+    unknown = sorted(set(dysample_args) - set(DEFAULTS))
+    if unknown:
+        raise TypeError(f"to_dysample: unknown DySample arguments {unknown}; "
+                        f"allowed: {list(DEFAULTS)}")
     current = _target(node)
-    if not (isinstance(current, type) and issubclass(current, base)):
+    base = next((b for b in DYSAMPLE_TWINS if isinstance(current, type)
+                 and issubclass(current, b)), None)
+    if base is None:
         name = getattr(current, "__name__", current)
         raise TypeError(
-            f"{node._get_full_key(None) or 'the node'} is a LazyCall({name}) node; "
-            f"expected a LazyCall({base.__name__})(...) node"
+            f"{node._get_full_key(None) or 'the node'} is a LazyCall({name}) node; expected "
+            f"a LazyCall node of one of {[b.__name__ for b in DYSAMPLE_TWINS]}"
         )
-    node._target_ = target
-    node.update(dysample_args)
-    check_dysample_arguments(node)
+    node._target_ = DYSAMPLE_TWINS[base]
+    node.update({**DEFAULTS, **dysample_args})
+    check_lazy_dysample_arguments(node)
     return node
-
-
-def dysample_fpn(fpn, style="lp", groups=4, dyscope=False, scope_bias=False):
-    """
-    Turn a ``LazyCall(FPN)(...)`` node (as in Detectron2's ``common/models/*.py``) into a
-    :class:`DySampleFPN` node in place, keeping all its other arguments; returns the node.
-    Nearest-FPN checkpoints of the model load with only the ``fpn_upsample*`` keys missing.
-    """
-    args = dict(style=style, groups=groups, dyscope=dyscope, scope_bias=scope_bias)
-    return _convert(fpn, FPN, DySampleFPN, args)
-
-
-def dysample_simple_feature_pyramid(sfp, style="lp", groups=4, dyscope=False, scope_bias=False):
-    """
-    Turn a ``LazyCall(SimpleFeaturePyramid)(...)`` node (ViTDet's, as in Detectron2's
-    ``common/models/mask_rcnn_vitdet.py``) into a :class:`DySampleSimpleFeaturePyramid` node
-    in place, keeping all its other arguments; returns the node.
-    """
-    args = dict(style=style, groups=groups, dyscope=dyscope, scope_bias=scope_bias)
-    return _convert(sfp, SimpleFeaturePyramid, DySampleSimpleFeaturePyramid, args)
-
-
-def dysample_sem_seg_head(head, style="lp", groups=4, dyscope=False, scope_bias=False):
-    """
-    Turn a ``LazyCall(SemSegFPNHead)(...)`` node (Panoptic FPN's semantic branch, as in
-    Detectron2's ``common/models/panoptic_fpn.py``) into a :class:`DySampleSemSegFPNHead`
-    node in place, keeping all its other arguments; returns the node.
-    """
-    args = dict(style=style, groups=groups, dyscope=dyscope, scope_bias=scope_bias)
-    return _convert(head, SemSegFPNHead, DySampleSemSegFPNHead, args)
 
 
 def _pyramid_channels(node):
@@ -120,7 +108,7 @@ DYSAMPLE_TARGETS = {
 }
 
 
-def check_dysample_arguments(cfg, path=None) -> None:
+def check_lazy_dysample_arguments(cfg, path=None) -> None:
     """
     Check the DySample arguments of every node under ``cfg`` (a lazy config or any node of
     one) whose target is in :data:`DYSAMPLE_TARGETS`, without building the model, so that a
@@ -132,12 +120,12 @@ def check_dysample_arguments(cfg, path=None) -> None:
     if isinstance(cfg, DictConfig):
         target = _target(cfg) if "_target_" in cfg else None
         if target in DYSAMPLE_TARGETS:
-            args = {k: cfg.get(k, default) for k, default in DYSAMPLE_DEFAULTS.items()}
+            args = {k: cfg.get(k, default) for k, default in DEFAULTS.items()}
+            prefix = path or target.__name__
+            names = {k: f"{prefix}.{k}" for k in DEFAULTS}
             for channels in DYSAMPLE_TARGETS[target](cfg):
-                try:
-                    DySample(channels, 2, **args)  # a 1x1 conv: its checks, nothing to build
-                except ValueError as e:
-                    raise ValueError(f"{path or target.__name__}: {e}") from None
+                names["in_channels"] = f"{prefix}'s DySample channels"
+                check_dysample_arguments(channels, 2, names=names, **args)
         keys = [k for k in cfg if not OmegaConf.is_interpolation(cfg, k)]
     elif isinstance(cfg, ListConfig):
         keys = [i for i in range(len(cfg)) if not OmegaConf.is_interpolation(cfg, i)]
@@ -146,4 +134,4 @@ def check_dysample_arguments(cfg, path=None) -> None:
     for key in keys:
         value = cfg[key]
         if isinstance(value, (DictConfig, ListConfig)):
-            check_dysample_arguments(value, f"{path}.{key}" if path else str(key))
+            check_lazy_dysample_arguments(value, f"{path}.{key}" if path else str(key))

@@ -8,7 +8,7 @@ from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
 from torch import nn
 
 from ..config import dysample_kwargs_from_config
-from ..layers import DySample
+from ..layers import DEFAULTS, DySample
 
 __all__ = ["DySampleSemSegFPNHead"]
 
@@ -36,10 +36,10 @@ class DySampleSemSegFPNHead(SemSegFPNHead):
         input_shape: Dict[str, ShapeSpec],
         *,
         conv_dims: int,
-        style: str = "lp",
-        groups: int = 4,
-        dyscope: bool = False,
-        scope_bias: bool = False,
+        style: str = DEFAULTS["style"],
+        groups: int = DEFAULTS["groups"],
+        dyscope: bool = DEFAULTS["dyscope"],
+        scope_bias: bool = DEFAULTS["scope_bias"],
         **kwargs,
     ):
         """

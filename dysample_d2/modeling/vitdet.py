@@ -23,7 +23,7 @@ in place of the deconvolutions' 2,655,168.
 from detectron2.modeling import SimpleFeaturePyramid
 from torch import nn
 
-from ..layers import DySample
+from ..layers import DEFAULTS, DySample
 
 __all__ = ["DySampleSimpleFeaturePyramid", "ReduceDySample"]
 
@@ -53,10 +53,10 @@ class DySampleSimpleFeaturePyramid(SimpleFeaturePyramid):
         norm="LN",
         square_pad=0,
         *,
-        style="lp",
-        groups=4,
-        dyscope=False,
-        scope_bias=False,
+        style=DEFAULTS["style"],
+        groups=DEFAULTS["groups"],
+        dyscope=DEFAULTS["dyscope"],
+        scope_bias=DEFAULTS["scope_bias"],
     ):
         """
         Args:

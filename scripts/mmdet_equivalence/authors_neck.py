@@ -2,7 +2,7 @@
 mmdet side (runs in .venv-mmdet): the DySample authors' FPN_UPSAMPLE neck, written from their
 published description (tiny-smart/detection-with-upsamplers) with the same module names,
 tensor names, shapes and arithmetic, around their DySample module
-(dysample_d2/layers/authors.py, the project's one copy of the authors' formulation).
+(scripts/authors_dysample.py, the project's one copy of the authors' formulation).
 
 ``FPN_UPSAMPLE`` is mmdet's FPN whose top-down step i (lateral i+1 -> lateral i) calls
 ``self.upsample_modules[i]``; one module per step, so ``upsample_modules.0`` serves the
@@ -16,9 +16,9 @@ from mmdet.models.necks import FPN
 from mmdet.registry import MODELS
 from torch import nn
 
-# loaded from its file: this environment has no Detectron2, which `import dysample_d2` needs
-_AUTHORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "dysample_d2",
-                        "layers", "authors.py")
+# loaded from its file (scripts/authors_dysample.py): the mmdet environment has no Detectron2
+_AUTHORS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "authors_dysample.py")
 _spec = importlib.util.spec_from_file_location("dysample_authors", _AUTHORS)
 _authors = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_authors)

@@ -1,5 +1,5 @@
 """Checkpoint conversion from other frameworks (mmdetection) to this project's models."""
-from .mmdet import (
+from .rules import (
     ConversionError,
     ConversionReport,
     convert_state_dict,
@@ -7,7 +7,7 @@ from .mmdet import (
     rename_mmdet_key,
     reorder_semantic_classes,
 )
-from .io import (
+from .checkpoints import (
     MMDET_PIXEL_MEAN,
     MMDET_PIXEL_STD,
     RELEASED_CHECKPOINTS,

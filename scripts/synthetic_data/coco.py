@@ -24,14 +24,14 @@ import numpy as np
 from panopticapi.utils import id2rgb
 from PIL import Image
 
-from .synthetic_check import (
+from .check import (
     panoptic_to_semantic,
     stuff_semantic_id_map,
     tight_box,
     validate_coco_dir,
 )
-from .synthetic_dir import MANIFEST_NAME, checked_settings, read_manifest, write_dataset_dir
-from .synthetic_draw import THING_STYLES, coco_categories, render_scene
+from .dataset_dir import MANIFEST_NAME, checked_settings, read_manifest, write_dataset_dir
+from .draw import THING_STYLES, coco_categories, render_scene
 
 __all__ = ["generate_synthetic_coco", "MANIFEST_NAME", "read_manifest"]
 GENERATOR_VERSION = 1
@@ -119,7 +119,7 @@ def _write_split(coco_dir: str, split: str, count: int, size: int, seed: int, fi
         "description": "dysample-d2 synthetic COCO-format dataset",
         "version": str(GENERATOR_VERSION),
         "year": 2017,
-        "contributor": "dysample_d2.data.synthetic_coco",
+        "contributor": "dysample-d2 scripts/synthetic_data",
         "url": "",
         "date_created": "",
     }

@@ -13,7 +13,7 @@ import numpy as np
 from panopticapi.utils import rgb2id
 from PIL import Image
 
-from .synthetic_draw import coco_categories
+from .draw import coco_categories
 
 __all__ = [
     "DatasetValidationError",

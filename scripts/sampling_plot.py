@@ -14,7 +14,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .layers import DySample
+from dysample_d2 import DySample
 
 __all__ = ["UpsamplerSampling", "collect_sampling", "choose_points", "draw_sampling"]
 

@@ -20,9 +20,9 @@ from typing import Dict, Iterable, Tuple
 import numpy as np
 from PIL import Image
 
-from .synthetic_check import DatasetValidationError
-from .synthetic_dir import checked_settings, write_dataset_dir
-from .synthetic_draw import coco_categories, render_scene
+from .check import DatasetValidationError
+from .dataset_dir import checked_settings, write_dataset_dir
+from .draw import coco_categories, render_scene
 
 __all__ = ["generate_synthetic_ade20k", "validate_ade20k_dir", "ADE20K_DIR", "IGNORE_LABEL"]
 

@@ -5,8 +5,8 @@ transposed convs (two for P2, one for P3) becomes a 1x1 conv to the same reduced
 and a DySample of scale 2 (dysample_d2/modeling/vitdet.py).
 DySample parameters: 30,816; the three steps: 695,328 parameters in place of 2,655,168.
 """
-from dysample_d2.modeling.lazy import dysample_simple_feature_pyramid
+from dysample_d2.modeling.lazy import to_dysample
 
 from .mask_rcnn_vitdet_b_100ep import dataloader, lr_multiplier, model, optimizer, train
 
-model.backbone = dysample_simple_feature_pyramid(model.backbone, style="lp", groups=4)
+model.backbone = to_dysample(model.backbone, style="lp", groups=4)

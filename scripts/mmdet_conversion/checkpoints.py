@@ -7,7 +7,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from .mmdet import ConversionError, ConversionReport, convert_state_dict, detect_task
+from .rules import ConversionError, ConversionReport, convert_state_dict, detect_task
 
 __all__ = [
     "MMDET_PIXEL_MEAN", "MMDET_PIXEL_STD", "RELEASED_CHECKPOINTS", "TASKS",
@@ -118,10 +118,12 @@ def check_mmdet_recipe(cfg) -> list:
     return problems
 
 
-def config_for_checkpoint(path: str, config_dir: str) -> Optional[str]:
-    """The configs/mmdet-recipe/ file for one of the authors' released file names, else None."""
+def config_for_checkpoint(path: str) -> Optional[str]:
+    """The packaged mmdet-recipe/ config for one of the authors' released file names, else None."""
+    from dysample_d2.model_zoo import get_config_file
+
     name = RELEASED_CHECKPOINTS.get(os.path.basename(path))
-    return os.path.join(config_dir, "mmdet-recipe", name) if name else None
+    return get_config_file(f"mmdet-recipe/{name}") if name else None
 
 
 def _meta_config_text(meta: dict) -> str:
