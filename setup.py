@@ -1,5 +1,10 @@
 from setuptools import find_packages, setup
 
+TOOLS = ["opencv-python-headless<4.12", "panopticapi-lite", "matplotlib"]
+VITDET = ["timm>=0.9"]
+DEPLOY = ["onnx==1.23.2", "onnxruntime==1.32.0", "ml-dtypes==0.5.4", "onnxscript==0.7.2",
+          "openvino==2026.4.1"]
+
 setup(
     name="dysample-d2",
     version="0.1.0",
@@ -19,19 +24,14 @@ setup(
     # detectron2 and torch are not listed: neither installs by name from PyPI the way users
     # need it (see scripts/install.sh); a user with Detectron2 runs `pip install -e .`.
     # shapely: the LSJ recipes' FixedSizeCrop crops polygon masks with it
-    install_requires=["ninja", "fvcore>=0.1.5", "pycocotools>=2.0.2", "matplotlib", "tabulate",
-                      "shapely"],
+    install_requires=["ninja", "fvcore>=0.1.5", "pycocotools>=2.0.2", "tabulate", "shapely"],
     extras_require={
-        "demo": ["opencv-python-headless<4.12", "panopticapi-lite"],
-        "vitdet": ["timm>=0.9"],  # Detectron2's ViT (ViTDet) uses timm's layers
-        "export": ["onnx==1.23.2", "onnxruntime==1.32.0", "ml-dtypes==0.5.4"],
-        # runtimes and exporters of docs/deployment.md that install beside torch and numpy<2
+        # scripts/: synthetic datasets, sampling pictures, benchmark charts
+        "tools": TOOLS,
+        "vitdet": VITDET,  # Detectron2's ViT (ViTDet) uses timm's layers
+        # exporters and runtimes of docs/deployment.md that install beside torch and numpy<2
         # (ExecuTorch and LiteRT's converters need numpy >= 2: see that page)
-        "deploy": ["onnx==1.23.2", "onnxruntime==1.32.0", "ml-dtypes==0.5.4",
-                   "onnxscript==0.7.2", "openvino==2026.4.1"],
-        "test": ["pytest>=7", "opencv-python-headless<4.12", "panopticapi-lite",
-                 "onnx==1.23.2", "onnxruntime==1.32.0", "ml-dtypes==0.5.4",
-                 "onnxscript==0.7.2", "openvino==2026.4.1",  # the deploy runtimes' tests
-                 "timm>=0.9"],  # Detectron2's ViT (ViTDet) uses timm's layers
+        "deploy": DEPLOY,
+        "test": ["pytest>=7"] + TOOLS + VITDET + DEPLOY,
     },
 )

@@ -6,6 +6,8 @@ into a Detectron2 checkpoint for the model a config of this project builds.
     python scripts/convert_mmdet_checkpoint.py IN.pth OUT.pth \
         --config-file configs/mmdet-recipe/faster_rcnn_R_50_DySample_FPN_1x_mmdet.yaml
     python scripts/convert_mmdet_checkpoint.py faster_rcnn_r50_fpn_dysample-lpg4_1x_coco.pth OUT.pth
+    python scripts/convert_mmdet_checkpoint.py IN.pth OUT.pth --config-file FILE \
+        MODEL.FPN.DYSAMPLE.SCOPE_BIAS True
 
 --config-file may be left out for the authors' released file names (see
 docs/reproduce_paper.md): the matching configs/mmdet-recipe/ file is used. The model is built
@@ -24,7 +26,7 @@ from mmdet_conversion import (
     convert_checkpoint,
     save_checkpoint,
 )
-from dysample_d2.engine import setup_config  # noqa: E402
+from dysample_d2.engine import setup_config
 
 
 def get_parser():
@@ -36,8 +38,9 @@ def get_parser():
                         "optional for the authors' released file names")
     parser.add_argument("--task", choices=TASKS,
                         help="expected model kind; checked against the checkpoint and config")
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
-                        help="config KEY VALUE pairs merged after --config-file")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
+                        help="config options merged after --config-file, as train_net.py takes "
+                        "them")
     return parser
 
 

@@ -47,7 +47,7 @@ def convert_cmd(project_py, workdir, ckpt_case, config, opts, out_name="d2.pth")
            os.path.join(workdir, ckpt_case, "mmdet.pth"),
            os.path.join(workdir, ckpt_case, out_name),
            "--config-file", os.path.join(REPO, "configs", config)]
-    return cmd + (["--opts"] + list(opts) if opts else [])
+    return cmd + list(opts)
 
 
 def check_image(name, res):

@@ -6,7 +6,6 @@ import torch
 from detectron2.structures import Boxes, BitMasks, Instances
 
 from dysample_d2.engine import setup_config
-from dysample_d2.layers.dysample import _base_grid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "configs")
@@ -64,11 +63,3 @@ def synthetic_batch(cfg, batch_size=2, height=64, width=96, seed=0):
         )
     return batch
 
-
-def dysample_like_grid(n, h, w, scale, offset_px, dtype, seed=0):
-    """Planar grid [N, 2, sH, sW]: bilinear positions plus offsets of about offset_px."""
-    gen = torch.Generator().manual_seed(seed)
-    base = _base_grid(scale * h, scale * w, torch.device("cpu"), dtype)
-    step = torch.tensor([2 / w, 2 / h], dtype=dtype)
-    offsets = torch.randn(n, scale * h, scale * w, 2, dtype=dtype, generator=gen)
-    return (base + offsets * offset_px * step).permute(0, 3, 1, 2).contiguous()
