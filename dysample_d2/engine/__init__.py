@@ -3,7 +3,16 @@ from .checkpoint import (
     CheckpointMismatchError,
     load_exact_checkpoint,
 )
-from .checks import check_config_file, check_datasets, check_weights
+from .checks import (
+    UserFileNotFoundError,
+    UserInputError,
+    UserKeyError,
+    UserValueError,
+    check_config_file,
+    check_datasets,
+    check_num_classes,
+    check_weights,
+)
 from .config import setup_config
 from .evaluation import build_evaluator, evaluate_lazy
 from .lazy_config import setup_lazy_config
@@ -16,8 +25,13 @@ __all__ = [
     "AtomicDetectionCheckpointer",
     "CheckpointMismatchError",
     "load_exact_checkpoint",
+    "UserInputError",
+    "UserValueError",
+    "UserKeyError",
+    "UserFileNotFoundError",
     "check_config_file",
     "check_datasets",
+    "check_num_classes",
     "check_weights",
     "setup_config",
     "build_evaluator",

@@ -1,12 +1,14 @@
+import logging
 import os
 import tempfile
+from collections import defaultdict
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .checks import check_weights
+from .checks import UserInputError, check_weights
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(UserInputError, RuntimeError):
     """A checkpoint whose tensors do not cover the model exactly."""
 
 
@@ -74,11 +76,72 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
 
 
 class _RecordingCheckpointer(DetectionCheckpointer):
-    """Keeps what Detectron2's loader found incompatible (it only logs it)."""
+    """Keeps what Detectron2's loader found incompatible; logs none of it (the caller
+    raises one summary instead of fvcore's key-by-key warnings)."""
 
     def _load_model(self, checkpoint):
-        self.incompatible = super()._load_model(checkpoint)
+        def quiet(record):  # fvcore's warning per mis-shaped tensor
+            return record.levelno < logging.WARNING
+
+        self.logger.addFilter(quiet)
+        try:
+            self.incompatible = super()._load_model(checkpoint)
+        finally:
+            self.logger.removeFilter(quiet)
         return self.incompatible
+
+    def _log_incompatible_keys(self, incompatible):
+        pass
+
+
+_SHOWN = 3  # tensor groups named per kind of mismatch
+
+
+def _summary(keys) -> str:
+    """'N tensors: a.{bias, weight}, b.weight, ... (M more)', keys grouped by module."""
+    groups = defaultdict(list)
+    for key in keys:
+        head, _, tail = key.rpartition(".")
+        groups[head].append(tail)
+    names = [f"{head}.{tails[0]}" if len(tails) == 1 else f"{head}.{{{', '.join(sorted(tails))}}}"
+             for head, tails in groups.items()]
+    more = f", ... ({len(names) - _SHOWN} more modules)" if len(names) > _SHOWN else ""
+    return f"{len(keys)} tensor{'s' * (len(keys) != 1)}: " + ", ".join(names[:_SHOWN]) + more
+
+
+def _likely_cause(incompatible, key: str) -> str:
+    """The likely cause of the mismatch and its fix, as one sentence."""
+    lazy = key.islower()
+    missing, unexpected = incompatible.missing_keys, incompatible.unexpected_keys
+    shapes = {name: (ckpt, model) for name, ckpt, model in incompatible.incorrect_shapes}
+
+    def option(yacs, lazy_key, value):
+        return f"{lazy_key}={value}" if lazy else f"{yacs} {value}"
+
+    scope_bias = [k for k in unexpected + missing if k.endswith(".scope.bias")]
+    if scope_bias and not any(k.endswith(".scope.weight") for k in unexpected + missing):
+        present = scope_bias[0] in unexpected
+        return (f"the checkpoint's DySample+ scope convs {'have' if present else 'lack'} a "
+                f"bias: set {option('MODEL.FPN.DYSAMPLE.SCOPE_BIAS', 'scope_bias', present)}")
+    if any(".scope." in k for k in unexpected + missing):
+        present = any(".scope." in k for k in unexpected)
+        return (f"the checkpoint {'is' if present else 'is not'} DySample+ (dynamic scope): "
+                f"set {option('MODEL.FPN.DYSAMPLE.DYSCOPE', 'dyscope', present)}")
+    if any("upsample" in k for k in missing) and not unexpected:
+        return ("the checkpoint has no DySample upsamplers (an FPN with nearest upsampling?): "
+                "evaluate it with the config it was trained with, or train this one")
+    if any("upsample" in k for k in unexpected) and not missing:
+        return ("the checkpoint has DySample upsamplers the model lacks: evaluate it with a "
+                "DySample config")
+    cls_score = [v for k, v in shapes.items() if k.endswith("cls_score.weight")]
+    if cls_score:
+        classes = cls_score[0][0][0] - 1  # a background class besides the thing classes
+        return (f"the checkpoint has {classes} classes: set "
+                f"{option('MODEL.ROI_HEADS.NUM_CLASSES', 'model.roi_heads.num_classes', classes)}")
+    if any("upsample" in k and "offset" in k for k in shapes):
+        return ("the DySample offset convs differ in shape: the checkpoint's style or groups "
+                "differ from the config's")
+    return "evaluate the checkpoint with the config it was trained with"
 
 
 def load_exact_checkpoint(model, path: str, key: str = "MODEL.WEIGHTS") -> None:
@@ -90,31 +153,28 @@ def load_exact_checkpoint(model, path: str, key: str = "MODEL.WEIGHTS") -> None:
     ``train.init_checkpoint`` in lazy configs), for the messages.
 
     Raises:
-        FileNotFoundError: the checkpoint file does not exist.
-        CheckpointMismatchError: listing missing, unexpected and mis-shaped keys.
+        UserInputError: the checkpoint file does not exist, cannot be read or downloaded.
+        CheckpointMismatchError: a few lines: how many tensors are missing, unexpected
+            and mis-shaped, the first few of each, and the likely cause with its fix.
     """
-    check_weights(path, required=True, key=key)
+    local = check_weights(path, required=True, key=key)
     checkpointer = _RecordingCheckpointer(model)
-    checkpointer.load(path, checkpointables=[])
+    checkpointer.load(local, checkpointables=[])
     incompatible = checkpointer.incompatible
     problems = []
     if incompatible.missing_keys:
-        problems.append("missing in the checkpoint: " + ", ".join(incompatible.missing_keys))
+        problems.append("missing in the checkpoint: " + _summary(incompatible.missing_keys))
     if incompatible.unexpected_keys:
-        problems.append("not in the model: " + ", ".join(incompatible.unexpected_keys))
-    for name, shape_ckpt, shape_model in incompatible.incorrect_shapes:
-        problems.append(f"{name}: shape {tuple(shape_ckpt)} in the checkpoint, "
-                        f"{tuple(shape_model)} in the model")
-    scope_bias = [k for k in incompatible.unexpected_keys + incompatible.missing_keys
-                  if k.endswith(".scope.bias")]
-    if scope_bias:
-        present = scope_bias[0] in incompatible.unexpected_keys
+        problems.append("not in the model: " + _summary(incompatible.unexpected_keys))
+    if incompatible.incorrect_shapes:
+        name, shape_ckpt, shape_model = incompatible.incorrect_shapes[0]
         problems.append(
-            f"the checkpoint's DySample+ scope convs {'have' if present else 'lack'} a bias: "
-            f"set MODEL.FPN.DYSAMPLE.SCOPE_BIAS {present} (scope_bias={present} in lazy configs)"
+            f"shapes differ: {_summary([k for k, _, _ in incompatible.incorrect_shapes])} "
+            f"(e.g. {name}: {tuple(shape_ckpt)} in the checkpoint, {tuple(shape_model)} in "
+            "the model)"
         )
     if problems:
         raise CheckpointMismatchError(
-            f"{key}={path!r} does not match the model built from the config "
-            "(wrong config for this checkpoint?):\n  " + "\n  ".join(problems)
+            f"{key}={path!r} does not match the model built from the config:\n  "
+            + "\n  ".join(problems) + "\n  likely cause: " + _likely_cause(incompatible, key)
         )

@@ -1,7 +1,34 @@
-"""Checks of user input made before any model is built or any step is trained."""
+"""Checks of user input made before any model is built or any step is trained.
+
+Every refusal of user input (a config file, key or value, a dataset, a checkpoint, a lazy
+override) raises a :class:`UserInputError`, whose message says what is wrong and how to fix
+it: train_net.py prints it as one ``error:`` line, without a traceback. The subclasses are
+also ValueError, KeyError or FileNotFoundError, as callers may expect.
+"""
+import logging
 import os
+import zipfile
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+
+
+class UserInputError(Exception):
+    """Input the user can fix (config, options, datasets, checkpoints); the message says how."""
+
+    def __str__(self):  # KeyError's str() would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UserValueError(UserInputError, ValueError):
+    """A value that is not allowed, or a file whose contents cannot be used."""
+
+
+class UserKeyError(UserInputError, KeyError):
+    """A config key, override or dataset name that does not exist."""
+
+
+class UserFileNotFoundError(UserInputError, FileNotFoundError):
+    """A file named by the command line or the config that does not exist."""
 
 _HINT = (
     "Detectron2 finds builtin datasets under $DETECTRON2_DATASETS (now {root!r}); make a "
@@ -12,10 +39,10 @@ _HINT = (
 
 def check_config_file(path: str) -> None:
     if not path:
-        raise ValueError("--config-file is required (e.g. configs/COCO-Detection/"
+        raise UserValueError("--config-file is required (e.g. configs/COCO-Detection/"
                          "faster_rcnn_R_50_DySample_FPN_1x.yaml)")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--config-file {path!r} does not exist")
+        raise UserFileNotFoundError(f"--config-file {path!r} does not exist")
 
 
 def check_datasets(names, key: str = "DATASETS.TRAIN/TEST") -> None:
@@ -25,7 +52,7 @@ def check_datasets(names, key: str = "DATASETS.TRAIN/TEST") -> None:
     root = os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
     for name in names:
         if name not in registered:
-            raise KeyError(
+            raise UserKeyError(
                 f"dataset {name!r} ({key}) is not registered; registered "
                 f"COCO names include: {sorted(n for n in registered if n.startswith('coco_2017'))}"
             )
@@ -33,18 +60,108 @@ def check_datasets(names, key: str = "DATASETS.TRAIN/TEST") -> None:
         for key in ("json_file", "image_root", "panoptic_json", "panoptic_root", "sem_seg_root"):
             path = getattr(meta, key, None) if key in meta.as_dict() else None
             if path and not os.path.exists(path):
-                raise FileNotFoundError(
+                raise UserFileNotFoundError(
                     f"dataset {name!r}: {key} {path!r} does not exist. " + _HINT.format(root=root)
                 )
 
 
-def check_weights(path: str, required: bool, key: str = "MODEL.WEIGHTS") -> None:
-    """The checkpoint the config's ``key`` names must exist if it is a local file (and be
-    given when ``required``). Lazy config keys (lower case) are set as key=value."""
+def _option(key: str, value: str) -> str:
+    """``key`` set to ``value`` as the command line takes it: ``key=value`` for lazy config
+    keys (lower case), ``KEY VALUE`` for YACS keys."""
+    return f"{key}={value}" if key.islower() else f"{key} {value}"
+
+
+def _first_sentence(error: Exception) -> str:
+    """The first line of ``error``'s message, up to its first full stop."""
+    text = str(error).strip()
+    return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(error).__name__
+
+
+def _check_readable(path: str, key: str, shown: str) -> None:
+    """The checkpoint file ``path`` (named ``shown`` by ``key``) can be read: a zip-format
+    .pth (torch.save's) has its directory and every member's checksum intact; other files
+    (Detectron2's .pkl, old-style torch files) are loaded as Detectron2 loads them."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                raise ValueError(f"member {bad} fails its checksum")
+        else:
+            import torch
+            from detectron2.checkpoint import DetectionCheckpointer
+
+            DetectionCheckpointer(torch.nn.Module())._load_file(path)
+    except Exception as e:  # truncated or corrupt: whatever the reader raised
+        reason = _first_sentence(e)
+        raise UserValueError(
+            f"{key}: checkpoint file {shown!r} cannot be read (truncated or corrupt: {reason}); "
+            f"download or save it again, or set {_option(key, 'path/to/model.pth')} to "
+            "another file"
+        ) from e
+
+
+def _no_errors(record) -> bool:
+    return record.levelno < logging.ERROR
+
+
+def check_weights(path: str, required: bool, key: str = "MODEL.WEIGHTS") -> str:
+    """
+    The checkpoint that the config's ``key`` names must be given when ``required``, and
+    must be readable: a local file that exists and is not truncated or corrupt, or a URL
+    (``detectron2://``, ``https://``) that Detectron2 can download (or has cached) now,
+    before anything is written. Lazy config keys (lower case) are set as key=value.
+
+    Returns:
+        the local path of the checkpoint ('' if none is given).
+    """
     if not path:
         if required:
-            option = f"{key}=" if key.islower() else f"{key} "
-            raise ValueError(f"--eval-only needs a checkpoint: add {option}path/to/model.pth")
-        return
-    if "://" not in path and not os.path.isfile(path):
-        raise FileNotFoundError(f"{key}: checkpoint file {path!r} does not exist")
+            raise UserValueError(
+                f"--eval-only needs a checkpoint: add {_option(key, 'path/to/model.pth')}"
+            )
+        return ""
+    if "://" in path:
+        from detectron2.utils.file_io import PathManager
+
+        download_log = logging.getLogger("iopath.common.download")
+        download_log.addFilter(_no_errors)  # its "Failed to download": the error below says it
+        try:
+            local = PathManager.get_local_path(path)
+        except Exception as e:  # offline, a server refusing, an unknown scheme
+            reason = _first_sentence(e)
+            empty = '""'
+            norm = ("GN norms (model.backbone.bottom_up.stem.norm=GN "
+                    "model.backbone.bottom_up.stages.norm=GN ...)" if key.islower()
+                    else "MODEL.RESNETS.NORM GN")
+            raise UserValueError(
+                f"{key}: cannot download {path!r} ({reason}); to run offline, train from "
+                f"scratch with {_option(key, empty)} (FrozenBN diverges from scratch: "
+                f"use {norm}, or SyncBN on GPUs), or download the file elsewhere and set "
+                f"{_option(key, 'path/to/local/file')}"
+            ) from e
+        finally:
+            download_log.removeFilter(_no_errors)
+    else:
+        local = path
+        if not os.path.isfile(local):
+            raise UserFileNotFoundError(f"{key}: checkpoint file {path!r} does not exist")
+    _check_readable(local, key, path)
+    return local
+
+
+def check_num_classes(num_classes, names) -> None:
+    """
+    Each ``(key, value, kind)`` of ``num_classes`` (a config key giving a class count, e.g.
+    MODEL.ROI_HEADS.NUM_CLASSES, with kind ``thing_classes`` or ``stuff_classes``) equals
+    the length of that metadata list of every dataset in ``names`` that has one: a smaller
+    count fails mid-training ("Target 11 is out of bounds"), a larger one in evaluation.
+    """
+    for key, value, kind in num_classes:
+        for name in names:
+            classes = MetadataCatalog.get(name).get(kind)
+            if classes is not None and value != len(classes):
+                raise UserValueError(
+                    f"{key} is {value} but dataset {name!r} has {len(classes)} {kind}: "
+                    f"set {_option(key, len(classes))}"
+                )

@@ -1,13 +1,14 @@
 """Building a YACS config from a file and ``KEY VALUE`` options, with early, precise errors."""
 import difflib
 import logging
+import os
 import re
 
 import torch
 from detectron2.config import CfgNode, get_cfg
 
 from ..config import add_dysample_config, check_dysample_config
-from .checks import check_config_file
+from .checks import UserKeyError, UserValueError, check_config_file
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +35,26 @@ def _yacs_keys(node: CfgNode, prefix=""):
             yield prefix + name
 
 
-def _unknown_key_error(err: Exception, cfg: CfgNode, source: str) -> KeyError:
+def _unknown_key_error(err: Exception, cfg: CfgNode, source: str) -> UserKeyError:
     message = str(err.args[0]) if err.args else str(err)
     found = re.search(r"Non-existent (?:config )?key: ([\w.]+)", message)
     hint = closest_key(found.group(1), _yacs_keys(cfg)) if found else ""
-    return KeyError(f"{source}: {message}{hint}")
+    return UserKeyError(f"{source}: {message}{hint}")
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (as torch's DataLoader counts them)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def cap_workers(num_workers: int, key: str) -> int:
+    """``num_workers`` at most the CPU count, with an info line when it is lowered (more
+    worker processes than CPUs only slow loading down, and torch's DataLoader warns)."""
+    cpus = cpu_count() or 1
+    if num_workers > cpus:
+        logger.info(f"{key} lowered from {num_workers} to {cpus}, the CPUs of this machine")
+        return cpus
+    return num_workers
 
 
 def setup_config(config_file: str, opts=(), *, freeze: bool = False) -> CfgNode:
@@ -50,8 +66,9 @@ def setup_config(config_file: str, opts=(), *, freeze: bool = False) -> CfgNode:
     key, where it came from and the closest valid key; a value of the wrong type; DySample
     values that are not allowed (naming the key and the allowed values).
     Without CUDA, ``MODEL.DEVICE cuda`` becomes ``cpu``, and on CPU ``SOLVER.AMP.ENABLED``
-    becomes false (Detectron2's AMP needs CUDA), each with a warning: the configs run as
-    written on any machine.
+    becomes false (Detectron2's AMP needs CUDA), each with a warning; DATALOADER.NUM_WORKERS
+    above the CPU count is lowered to it, with an info line: the configs run as written on
+    any machine. Every refusal is a :class:`~.checks.UserInputError`.
 
     Args:
         freeze: return the config frozen, as train_net.py runs it; callers that set further
@@ -62,7 +79,7 @@ def setup_config(config_file: str, opts=(), *, freeze: bool = False) -> CfgNode:
     add_dysample_config(cfg)
     opts = [str(o) for o in opts]
     if len(opts) % 2:
-        raise ValueError(f"config options must be KEY VALUE pairs, got an odd number: {opts}")
+        raise UserValueError(f"config options must be KEY VALUE pairs, got an odd number: {opts}")
     for source, merge, arg in ((f"--config-file {config_file}", cfg.merge_from_file, config_file),
                                ("command-line config options", cfg.merge_from_list, opts)):
         try:
@@ -71,17 +88,21 @@ def setup_config(config_file: str, opts=(), *, freeze: bool = False) -> CfgNode:
             raise _unknown_key_error(e, cfg, source) from e
         except AssertionError as e:  # YACS asserts on unknown command-line keys
             if "Non-existent" not in str(e):
-                raise ValueError(f"{source}: {e}") from e
+                raise UserValueError(f"{source}: {e}") from e
             raise _unknown_key_error(e, cfg, source) from e
         except ValueError as e:  # a value of the wrong type
-            raise ValueError(f"{source}: {e}") from e
+            raise UserValueError(f"{source}: {e}") from e
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("CUDA is not available: MODEL.DEVICE set to cpu")
         cfg.MODEL.DEVICE = "cpu"
     if cfg.MODEL.DEVICE == "cpu" and cfg.SOLVER.AMP.ENABLED:
         logger.warning("SOLVER.AMP.ENABLED set to False (Detectron2's AMP needs CUDA)")
         cfg.SOLVER.AMP.ENABLED = False
-    check_dysample_config(cfg)
+    cfg.DATALOADER.NUM_WORKERS = cap_workers(cfg.DATALOADER.NUM_WORKERS, "DATALOADER.NUM_WORKERS")
+    try:
+        check_dysample_config(cfg)
+    except ValueError as e:  # a DySample value that is not allowed
+        raise UserValueError(str(e)) from e
     if freeze:
         cfg.freeze()
     return cfg

@@ -1,14 +1,15 @@
 """Loading a LazyConfig (.py) file with ``key=value`` overrides, refusing bad overrides early."""
+import difflib
 import inspect
 import logging
 
 import torch
 from detectron2.config import LazyConfig
 from detectron2.utils.registry import locate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from .checks import check_config_file
-from .config import closest_key
+from .checks import UserKeyError, UserValueError, check_config_file
+from .config import cap_workers, closest_key
 
 logger = logging.getLogger(__name__)
 
@@ -40,15 +41,39 @@ def _lookup(tree, parts):
     return tree
 
 
-def _accepts_argument(target, name: str) -> bool:
-    """Whether a LazyCall target takes a keyword argument ``name``."""
+def _parameters(target):
+    """(the keyword arguments ``target`` names, whether it takes any other keyword too).
+
+    A class whose ``__init__`` takes ``**kwargs`` passes them on to its base class (as
+    Detectron2's StandardROIHeads does to ROIHeads): the bases' arguments are added, up to
+    one without ``**kwargs`` (nn.Module and object take none). Detectron2's ``configurable``
+    keeps the wrapped function's signature (functools.wraps), which is what is read.
+    """
     if isinstance(target, str):
         target = locate(target)
-    try:
-        parameters = inspect.signature(target).parameters.values()
-    except (TypeError, ValueError):  # no signature to read: let instantiate decide
+    chain = [c.__init__ for c in inspect.getmro(target) if c not in (torch.nn.Module, object)
+             and "__init__" in vars(c)] if inspect.isclass(target) else [target]
+    names = set()
+    for function in chain:
+        try:
+            parameters = inspect.signature(function).parameters.values()
+        except (TypeError, ValueError):  # no signature to read: let instantiate decide
+            return names, True
+        names.update(p.name for p in parameters
+                     if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self")
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return names, False
+    return names, not inspect.isclass(target)
+
+
+def _accepts_argument(target, name: str) -> bool:
+    """Whether a LazyCall target takes a keyword argument ``name``: one it names, or, when
+    it takes ``**kwargs`` it passes elsewhere, any name that is not a near miss of one it
+    names (``total_batch_sise`` is a typo of ``total_batch_size``, not an extra option)."""
+    names, takes_others = _parameters(target)
+    if name in names:
         return True
-    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)
+    return takes_others and not difflib.get_close_matches(name, names, n=1, cutoff=0.8)
 
 
 def _type_error(old, new):
@@ -68,28 +93,32 @@ def _check_override(tree, text: str, key: str, value) -> None:
     if old is _MISSING and key not in OPTIONAL_KEYS:
         parent = _lookup(tree, parts[:-1])
         target = parent.get("_target_") if isinstance(parent, dict) else None
-        if target is not None and _accepts_argument(target, parts[-1]):
-            return  # a constructor argument the config leaves at its default
-        hint = closest_key(key, _flat_keys(tree))
-        raise KeyError(f"override {text!r}: the config has no key {key}{hint}")
+        candidates = list(_flat_keys(tree))
+        if target is not None:
+            if _accepts_argument(target, parts[-1]):
+                return  # a constructor argument the config leaves at its default
+            prefix = ".".join(parts[:-1])
+            candidates += [f"{prefix}.{name}" for name in sorted(_parameters(target)[0])]
+        hint = closest_key(key, candidates)
+        raise UserKeyError(f"override {text!r}: the config has no key {key}{hint}")
     if old is _MISSING or isinstance(old, str) and (old.startswith("${") or old == "???"):
         return  # an interpolation or a value the config leaves to be set
     expected = _type_error(old, value)
     if expected:
-        raise ValueError(
+        raise UserValueError(
             f"override {text!r}: {key} must be {expected} (the config has {old!r}), got {value!r}"
         )
 
 
 def _parse_override(parser, text: str):
     if "=" not in text:
-        raise ValueError(f"override {text!r}: lazy configs take key=value overrides")
+        raise UserValueError(f"override {text!r}: lazy configs take key=value overrides")
     try:
         (override,) = parser.parse_overrides([text])
     except Exception as e:  # hydra's OverrideParseException
-        raise ValueError(f"override {text!r}: {e}") from e
+        raise UserValueError(f"override {text!r}: {e}") from e
     if override.is_delete():
-        raise ValueError(f"override {text!r}: deleting keys is not supported")
+        raise UserValueError(f"override {text!r}: deleting keys is not supported")
     return override.key_or_group, override.value()
 
 
@@ -105,7 +134,9 @@ def setup_lazy_config(path: str, overrides=()):
     accepts or one of :data:`OPTIONAL_KEYS`; a number or bool replaced by a value of another kind (``train.max_iter=abc``);
     DySample arguments that are not allowed (``model.backbone.style=xx``), naming the node.
     Without CUDA, ``train.device=cuda`` becomes ``cpu``, and on CPU ``train.amp.enabled``
-    becomes false (Detectron2's AMP needs CUDA), each with a warning.
+    becomes false (Detectron2's AMP needs CUDA), each with a warning; ``dataloader.*.num_workers``
+    above the CPU count is lowered to it, with an info line. Every refusal is a
+    :class:`~.checks.UserInputError`.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -118,7 +149,13 @@ def setup_lazy_config(path: str, overrides=()):
         key, value = _parse_override(parser, str(text))
         _check_override(OmegaConf.to_container(cfg, resolve=False), text, key, value)
         LazyConfig.apply_overrides(cfg, [str(text)])
-    check_lazy_dysample_arguments(cfg)
+    try:
+        check_lazy_dysample_arguments(cfg)
+    except ValueError as e:  # a DySample argument that is not allowed
+        raise UserValueError(str(e)) from e
+    for name, loader in (cfg.get("dataloader") or {}).items():
+        if isinstance(loader, DictConfig) and isinstance(loader.get("num_workers"), int):
+            loader.num_workers = cap_workers(loader.num_workers, f"dataloader.{name}.num_workers")
     train = cfg.get("train")
     if train is not None and "device" in train:
         if train.device.startswith("cuda") and not torch.cuda.is_available():

@@ -4,8 +4,10 @@ import torch
 from detectron2.config import instantiate
 from detectron2.engine import default_writers, hooks
 from detectron2.utils import comm
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .checkpoint import AtomicDetectionCheckpointer
+from .checks import UserKeyError
 from .evaluation import evaluate_lazy
 from .lazy_config import setup_lazy_config
 from .training import build_step_trainer
@@ -14,6 +16,24 @@ from .training import build_step_trainer
 _NEEDED_FOR_EVALUATION = ("model", "train", "dataloader.test", "dataloader.evaluator")
 _NEEDED_FOR_TRAINING = _NEEDED_FOR_EVALUATION + ("dataloader.train", "optimizer",
                                                  "lr_multiplier")
+
+
+def _num_classes(node, path):
+    """(key, value, metadata it counts) of every int ``num_classes`` under ``node``: stuff
+    classes under a semantic segmentation head, thing classes elsewhere. Interpolations
+    (``${..num_classes}``) are left out: the key they point to is the one to set."""
+    if isinstance(node, DictConfig):
+        items = [(k, node[k]) for k in node
+                 if not OmegaConf.is_missing(node, k) and not OmegaConf.is_interpolation(node, k)]
+    elif isinstance(node, ListConfig):
+        items = list(enumerate(node))
+    else:
+        return
+    for name, value in items:
+        key = f"{path}.{name}"
+        if name == "num_classes" and isinstance(value, int) and not isinstance(value, bool):
+            yield key, value, "stuff_classes" if "sem_seg_head" in key else "thing_classes"
+        yield from _num_classes(value, key)
 
 
 def _dataset_names(loader_cfg):
@@ -33,7 +53,7 @@ class LazyRun:
             node = cfg
             for part in key.split("."):
                 if part not in node:
-                    raise KeyError(f"--config-file {config_file}: the lazy config has no {key}")
+                    raise UserKeyError(f"--config-file {config_file}: the lazy config has no {key}")
                 node = node[part]
         self.output_dir = cfg.train.output_dir
         self.seed = cfg.train.get("seed", -1)
@@ -46,6 +66,10 @@ class LazyRun:
             return names, "dataloader.test.dataset.names"
         return (_dataset_names(self.cfg.dataloader.train) + names,
                 "dataloader.{train,test}.dataset.names")
+
+    def num_classes(self):
+        """(key, value, dataset metadata it counts) of the model's class counts."""
+        return list(_num_classes(self.cfg.model, "model"))
 
     def build_model(self):
         return instantiate(self.cfg.model).to(self.cfg.train.device)

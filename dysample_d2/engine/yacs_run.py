@@ -59,6 +59,15 @@ class Trainer(DefaultTrainer):
         return build_evaluator(dataset_name, output_folder)
 
 
+# The class-count keys each meta architecture reads, with the dataset metadata they count.
+_NUM_CLASSES_KEYS = {
+    "GeneralizedRCNN": [("ROI_HEADS", "thing_classes")],
+    "RetinaNet": [("RETINANET", "thing_classes")],
+    "SemanticSegmentor": [("SEM_SEG_HEAD", "stuff_classes")],
+    "PanopticFPN": [("ROI_HEADS", "thing_classes"), ("SEM_SEG_HEAD", "stuff_classes")],
+}
+
+
 class YacsRun:
     """Training or evaluation as a YACS config says (MODEL.*, SOLVER.*, DATASETS.*)."""
 
@@ -75,6 +84,12 @@ class YacsRun:
         names = self.cfg.DATASETS.TEST
         return (names, "DATASETS.TEST") if eval_only else (
             self.cfg.DATASETS.TRAIN + names, "DATASETS.TRAIN/TEST")
+
+    def num_classes(self):
+        """(key, value, dataset metadata it counts) of the class counts the model reads."""
+        model = self.cfg.MODEL
+        return [(f"MODEL.{node}.NUM_CLASSES", model[node].NUM_CLASSES, kind)
+                for node, kind in _NUM_CLASSES_KEYS.get(model.META_ARCHITECTURE, ())]
 
     def build_model(self):
         return build_model(self.cfg)
