@@ -109,10 +109,10 @@ def _summary(keys) -> str:
     return f"{len(keys)} tensor{'s' * (len(keys) != 1)}: " + ", ".join(names[:_SHOWN]) + more
 
 
-def _likely_cause(incompatible, key: str) -> str:
+def _likely_cause(incompatible, missing, key: str) -> str:
     """The likely cause of the mismatch and its fix, as one sentence."""
     lazy = key.islower()
-    missing, unexpected = incompatible.missing_keys, incompatible.unexpected_keys
+    unexpected = incompatible.unexpected_keys
     shapes = {name: (ckpt, model) for name, ckpt, model in incompatible.incorrect_shapes}
 
     def option(yacs, lazy_key, value):
@@ -161,9 +161,12 @@ def load_exact_checkpoint(model, path: str, key: str = "MODEL.WEIGHTS") -> None:
     checkpointer = _RecordingCheckpointer(model)
     checkpointer.load(local, checkpointables=[])
     incompatible = checkpointer.incompatible
+    # fvcore drops mis-shaped tensors before loading: they are not missing as well
+    shaped = {name for name, _, _ in incompatible.incorrect_shapes}
+    missing = [k for k in incompatible.missing_keys if k not in shaped]
     problems = []
-    if incompatible.missing_keys:
-        problems.append("missing in the checkpoint: " + _summary(incompatible.missing_keys))
+    if missing:
+        problems.append("missing in the checkpoint: " + _summary(missing))
     if incompatible.unexpected_keys:
         problems.append("not in the model: " + _summary(incompatible.unexpected_keys))
     if incompatible.incorrect_shapes:
@@ -176,5 +179,5 @@ def load_exact_checkpoint(model, path: str, key: str = "MODEL.WEIGHTS") -> None:
     if problems:
         raise CheckpointMismatchError(
             f"{key}={path!r} does not match the model built from the config:\n  "
-            + "\n  ".join(problems) + "\n  likely cause: " + _likely_cause(incompatible, key)
+            + "\n  ".join(problems) + "\n  likely cause: " + _likely_cause(incompatible, missing, key)
         )

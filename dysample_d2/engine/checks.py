@@ -129,15 +129,14 @@ def check_weights(path: str, required: bool, key: str = "MODEL.WEIGHTS") -> str:
         try:
             local = PathManager.get_local_path(path)
         except Exception as e:  # offline, a server refusing, an unknown scheme
-            reason = _first_sentence(e)
-            empty = '""'
-            norm = ("GN norms (model.backbone.bottom_up.stem.norm=GN "
-                    "model.backbone.bottom_up.stages.norm=GN ...)" if key.islower()
+            reason, empty = _first_sentence(e), '""'
+            norm = ("GN norms, e.g. model.backbone.bottom_up.stem.norm=GN "
+                    "model.backbone.bottom_up.stages.norm=GN" if key.islower()
                     else "MODEL.RESNETS.NORM GN")
             raise UserValueError(
                 f"{key}: cannot download {path!r} ({reason}); to run offline, train from "
-                f"scratch with {_option(key, empty)} (FrozenBN diverges from scratch: "
-                f"use {norm}, or SyncBN on GPUs), or download the file elsewhere and set "
+                f"scratch with {_option(key, empty)} and {norm} (or SyncBN on GPUs; "
+                "FrozenBN diverges from scratch), or download the file elsewhere and set "
                 f"{_option(key, 'path/to/local/file')}"
             ) from e
         finally:
