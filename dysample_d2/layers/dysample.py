@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backend import active_sampler, grid_dtype, plain_ops, tracing
+from .backend import grid_dtype, plain_ops, sampler_for, tracing
 from .gather import grid_sample_gather
 from .sampling import kernel_forward, use_kernel
 
@@ -223,7 +223,7 @@ class DySample(nn.Module):
         grid = self.sampling_grid(x, out_size)
         # Sample in the grid's precision; grid_sample needs input and grid of one dtype.
         x_groups = x.reshape(b * self.groups, c // self.groups, h, w).to(grid.dtype)
-        if active_sampler() == "gather":
+        if sampler_for(x) == "gather":
             sampled = grid_sample_gather(x_groups, grid)
         else:
             sampled = F.grid_sample(
