@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """
 Upsampler micro-benchmark: nearest, bilinear, the project's DySample (lp/pl x static/dynamic
-scope; on CPU also lp and lp+ on the reference formulation, "(grid_sample)") and the authors'
-formulation (scripts/authors_dysample.py), x2 upsampling.
+scope; on CPU also lp and lp+ on the reference formulation, "(grid_sample)"; on CUDA, where
+DySample runs the reference formulation, also lp and lp+ on the gather sampler, "(gather)",
+what deterministic training runs) and the authors' formulation (scripts/authors_dysample.py),
+x2 upsampling.
 
 Per case: parameters, FLOPs (fvcore, counted on the traced graph), forward and forward+backward
 latency (medians after warm-up, cases interleaved and rotated every repeat so that load drift
@@ -12,6 +14,7 @@ Writes DIR/results.md, DIR/results.json and DIR/latency_vs_params.png.
     python scripts/benchmark_upsamplers.py --out benchmark_results/upsamplers
     python scripts/benchmark_upsamplers.py --quick --out output/up     # smoke run, seconds
     python scripts/benchmark_upsamplers.py --offset-px 2 --out output/up2px   # learned-size offsets
+    python scripts/benchmark_upsamplers.py --device cuda --dtype bfloat16 --out output/up_bf16
 """
 import argparse
 import statistics
@@ -48,16 +51,18 @@ class Interpolate(nn.Module):
 
 
 class ReferencePath(nn.Module):
-    """DySample on its reference formulation (conv2d + grid_sample), also on eager CPU."""
+    """DySample on its reference formulation (conv2d + grid_sample), also on eager CPU; or,
+    with ``sampler_name="gather"``, on its gather form."""
 
-    def __init__(self, module):
+    def __init__(self, module, sampler_name="gridsample"):
         super().__init__()
         self.module = module
+        self.sampler_name = sampler_name
 
     def forward(self, x):
         from dysample_d2.layers import sampler
 
-        with sampler("gridsample"):
+        with sampler(self.sampler_name):
             return self.module(x)
 
 
@@ -86,6 +91,8 @@ def build_cases(channels, scale, groups, dtype, device, x, offset_px=None):
         cases.append((f"DySample-{tag}", module))
         if device.type == "cpu" and style == "lp":  # the kernel against the reference path
             cases.append((f"DySample-{tag} (grid_sample)", ReferencePath(module)))
+        if device.type == "cuda" and style == "lp":  # the deterministic-training path
+            cases.append((f"DySample-{tag} (gather)", ReferencePath(module, "gather")))
         references.append((f"authors-{tag}", authors))
     return [(name, m.to(device=device, dtype=dtype)) for name, m in cases + references]
 
@@ -234,7 +241,9 @@ def main(argv=None):
     info = start_info(device, args.threads, __file__, args.quick)
     from dysample_d2.layers import native
 
-    info["kernel"] = native.status() if device.type == "cpu" else "CUDA: conv2d + grid_sample"
+    info["kernel"] = (native.status() if device.type == "cpu" else
+                      "CUDA: DySample is conv2d + grid_sample (the reference formulation); "
+                      "\"(gather)\": the gather sampler, which deterministic training runs")
     print(f"{info['kernel']}\n{len(shapes)} shapes, {args.repeats} repeats", flush=True)
     rows = []
     for shape in shapes:

@@ -1,0 +1,211 @@
+#!/usr/bin/env python
+"""
+The Python steps of scripts/gpu_check.sh:
+
+    python scripts/gpu_check.py device                 # one line: the GPU, or why there is none
+    python scripts/gpu_check.py install WHEELHOUSE DIR # every wheel of WHEELHOUSE into DIR
+    python scripts/gpu_check.py imports                # what the CUDA check needs imports
+    python scripts/gpu_check.py summary OUT            # OUT/summary.md from the benchmarks' JSON
+
+``install`` unpacks the wheels itself (a wheel is a zip laid out for site-packages), so it
+needs no pip, no index and no network, and leaves the interpreter's own environment as it is:
+DIR goes first on PYTHONPATH, so its numpy<2 (Detectron2 of 2024 needs it) takes the place of
+a numpy 2 installed beside torch. ``device`` exits 0 with CUDA, 3 without.
+"""
+import json
+import os
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+# module -> the wheel that provides it (what `imports` names when one is missing)
+NEEDED = {
+    "torch": "torch (installed beside CUDA, never from the wheelhouse)",
+    "torchvision": "torchvision (beside torch)",
+    "detectron2": "detectron2 (rebuilt by scripts/gpu_wheelhouse.sh)",
+    "fvcore": "fvcore", "iopath": "iopath", "portalocker": "portalocker", "yacs": "yacs",
+    "omegaconf": "omegaconf", "hydra": "hydra-core", "antlr4": "antlr4-python3-runtime",
+    "pycocotools": "pycocotools", "termcolor": "termcolor", "tabulate": "tabulate",
+    "cloudpickle": "cloudpickle", "tqdm": "tqdm", "yaml": "PyYAML", "PIL": "pillow",
+    "cv2": "opencv-python-headless", "shapely": "shapely", "panopticapi": "panopticapi-lite",
+    "tensorboard": "tensorboard", "pkg_resources": "setuptools<81", "matplotlib": "matplotlib",
+    "pytest": "pytest", "dysample_d2": "this repository (on PYTHONPATH)",
+}
+
+
+def device() -> int:
+    try:
+        import torch
+    except ImportError as e:
+        print(f"gpu_check: torch does not import with {sys.executable} ({e})")
+        return 4
+    if not torch.cuda.is_available():
+        print(f"gpu_check: no CUDA device (torch {torch.__version__}, "
+              f"torch.cuda.is_available() is False): nothing to check on this machine")
+        return 3
+    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    print(f"gpu_check: {len(names)} CUDA device(s): {', '.join(names)}; torch "
+          f"{torch.__version__}, CUDA {torch.version.cuda}, Python {sys.version.split()[0]}")
+    return 0
+
+
+def install(wheelhouse, target) -> int:
+    """Unpacks every *.whl of `wheelhouse` into `target` (purelib and platlib alike)."""
+    wheels = sorted(Path(wheelhouse).glob("*.whl"))
+    if not wheels:
+        print(f"gpu_check: no wheels in {wheelhouse} (build them with scripts/gpu_wheelhouse.sh)")
+        return 1
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as zf:
+            for member in zf.infolist():
+                parts = Path(member.filename).parts
+                # NAME.data/purelib|platlib/... belongs in site-packages; scripts, headers and
+                # data files are not needed here
+                if parts[0].endswith(".data"):
+                    if len(parts) < 3 or parts[1] not in ("purelib", "platlib"):
+                        continue
+                    parts = parts[2:]
+                destination = target.joinpath(*parts)
+                if member.is_dir():
+                    destination.mkdir(parents=True, exist_ok=True)
+                    continue
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(member) as src, open(destination, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                mode = member.external_attr >> 16
+                if mode & 0o111:
+                    os.chmod(destination, 0o755)
+    print(f"gpu_check: unpacked {len(wheels)} wheels into {target}")
+    return 0
+
+
+def imports() -> int:
+    import importlib
+
+    missing = []
+    for module, wheel in NEEDED.items():
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # an ImportError, or a binary built for another numpy
+            missing.append(f"{module} ({wheel}): {type(e).__name__}: {e}")
+    import numpy
+
+    if int(numpy.__version__.split(".")[0]) >= 2:
+        missing.append(f"numpy {numpy.__version__} at {numpy.__file__}: Detectron2 needs numpy<2 "
+                       "(numpy 1.26.4 from the wheelhouse, first on PYTHONPATH)")
+    if missing:
+        print("gpu_check: missing or broken:\n  " + "\n  ".join(missing))
+        return 1
+    import detectron2
+    import torch
+
+    print(f"gpu_check: imports ok: torch {torch.__version__}, numpy {numpy.__version__}, "
+          f"detectron2 {detectron2.__version__} at {os.path.dirname(detectron2.__file__)}")
+    return 0
+
+
+def _ratio(a, b):
+    return f"{a / b:.2f}" if a is not None and b else "-"
+
+
+def _ms(value):
+    return f"{value:.3f}" if value is not None else "-"
+
+
+def summary_rows(out):
+    """One row per measured case: upsampler micro-benchmarks (each dtype), then the model."""
+    rows = []
+    for name in sorted(os.listdir(out)):
+        path = Path(out) / name / "results.json"
+        if not name.startswith("upsamplers") or not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        dtype = name.split("_", 1)[1] if "_" in name else "?"
+        by_case = {(r["shape"], r["case"]): r for r in data["rows"]}
+        for r in data["rows"]:
+            bilinear = by_case.get((r["shape"], "bilinear"))
+            authors = None
+            if r["case"].startswith("DySample-"):
+                variant = r["case"].split()[0][len("DySample-"):]
+                authors = by_case.get((r["shape"], f"authors-{variant}"))
+            rows.append(dict(
+                benchmark="upsampler x2", input=r["shape"], dtype=dtype, case=r["case"],
+                fwd=r["fwd_ms"], train=r["train_ms"],
+                vs_bilinear=(_ratio(r["fwd_ms"], bilinear and bilinear["fwd_ms"]),
+                             _ratio(r["train_ms"], bilinear and bilinear["train_ms"])),
+                vs_authors=(_ratio(r["fwd_ms"], authors and authors["fwd_ms"]),
+                            _ratio(r["train_ms"], authors and authors["train_ms"])),
+                vs_nearest=("-", "-")))
+    path = Path(out) / "model" / "results.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        command = data["info"]["command"].split()
+        size = (command[command.index("--size") + 1] if "--size" in command
+                else "64x96" if "--quick" in command else "800x1333")
+        for r in data["rows"]:
+            rows.append(dict(
+                benchmark=f"model {r['arch']} (batch 2 train, 1 image inference)",
+                input=size, dtype="float32",
+                case=f"{r['upsampler']}-FPN" if r["upsampler"] != "nearest" else "nearest-FPN",
+                fwd=r["infer_ms"], train=r["train_ms"],
+                vs_bilinear=("-", "-"), vs_authors=("-", "-"),
+                vs_nearest=(f"{r['infer_ms_vs_nearest']:.3f}", f"{r['train_ms_vs_nearest']:.3f}")))
+    return rows
+
+
+def summary(out) -> int:
+    rows = summary_rows(out)
+    if not rows:
+        print(f"gpu_check: no benchmark results under {out}")
+        return 1
+    machine = ""
+    for name in sorted(os.listdir(out)):
+        path = Path(out) / name / "results.json"
+        if path.exists():
+            machine = json.loads(path.read_text())["info"]["machine"]
+            break
+    lines = [
+        "# GPU check: DySample on CUDA", "",
+        f"Machine: {machine}.", "",
+        "Upsampler rows: x2 upsampling of [B, C, H, W] (the FPN's top-down steps of an 800x1333 "
+        "image), forward (no grad) and forward+backward, median of the repeats after warm-up, "
+        "CUDA synchronized around each run (scripts/benchmark_upsamplers.py --device cuda; its "
+        "results.md per dtype has FLOPs and peak memory). DySample-* is the reference "
+        "formulation (conv2d + grid_sample); \"(gather)\": the gather sampler, which "
+        "deterministic training runs; authors-*: the authors' formulation, same weights. "
+        "Model rows: R50 detectors with random weights, inference ms per image and one "
+        "training iteration (batch 2, forward + backward) "
+        "(scripts/benchmark_model.py --device cuda; see its results.md). "
+        "Ratios: time / the baseline's time (x bilinear interpolation, x the authors' "
+        "formulation of the same variant, x the nearest-neighbour FPN).", "",
+        "| benchmark | input | dtype | case | forward ms | forward+backward ms "
+        "| fwd / bilinear | fwd+bwd / bilinear | fwd / authors | fwd+bwd / authors "
+        "| fwd / nearest-FPN | fwd+bwd / nearest-FPN |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['benchmark']} | {r['input']} | {r['dtype']} | {r['case']} | {_ms(r['fwd'])} "
+            f"| {_ms(r['train'])} | {r['vs_bilinear'][0]} | {r['vs_bilinear'][1]} "
+            f"| {r['vs_authors'][0]} | {r['vs_authors'][1]} | {r['vs_nearest'][0]} "
+            f"| {r['vs_nearest'][1]} |")
+    (Path(out) / "summary.md").write_text("\n".join(lines) + "\n")
+    print(f"gpu_check: wrote {Path(out) / 'summary.md'} ({len(rows)} rows)")
+    return 0
+
+
+def main(argv):
+    commands = {"device": (device, 0), "install": (install, 2), "imports": (imports, 0),
+                "summary": (summary, 1)}
+    if not argv or argv[0] not in commands or len(argv) - 1 != commands[argv[0]][1]:
+        print(__doc__.split("\n\n")[1], file=sys.stderr)
+        return 2
+    function, _ = commands[argv[0]]
+    return function(*argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
