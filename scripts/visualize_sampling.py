@@ -4,7 +4,10 @@ Draw where each DySample of a DySample-FPN samples, for a few points of an image
 
     python scripts/visualize_sampling.py \\
         --config-file configs/quickstart/faster_rcnn_R_18_DySample_FPN_tiny.yaml \\
-        --weights output/quickstart/det/model_final.pth --input image.jpg --output sampling.png
+        --weights output/quickstart/det/model_final.pth --input image.jpg
+
+writes output/sampling.png (--output PNG elsewhere; README's picture is regenerated with an
+explicit --output docs/sampling.png).
 
 One row per upsampler (fpn_upsample5, 4, 3): the image under the upsampler's offset
 magnitude; its input features (channel mean) with, for the output pixels nearest to the
@@ -31,7 +34,8 @@ def get_parser():
     parser.add_argument("--weights", default=None,
                         help="checkpoint (default: MODEL.WEIGHTS; empty: random init)")
     parser.add_argument("--input", required=True, metavar="IMAGE")
-    parser.add_argument("--output", default="sampling.png", metavar="PNG")
+    parser.add_argument("--output", default=os.path.join("output", "sampling.png"), metavar="PNG",
+                        help="PNG to write (default: output/sampling.png)")
     parser.add_argument("--points", type=int, default=5, metavar="N", help="points to inspect")
     parser.add_argument("--seed", type=int, default=None,
                         help="pick the points at random with this seed (default: edges)")
@@ -70,6 +74,7 @@ def main(argv=None) -> int:
     weights = cfg.MODEL.WEIGHTS or "random init"
     name = os.path.basename
     title = f"{name(args.config_file)} ({name(weights)}), {name(args.input)}"
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     draw_sampling(samplings, rgb, points, args.output, title=title, dpi=args.dpi)
     print(f"image {rgb.shape[0]}x{rgb.shape[1]}, {len(points)} points; offset magnitude "
           "in input-feature pixels over all output pixels and groups:")
