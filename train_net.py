@@ -41,7 +41,6 @@ from torch.multiprocessing import ProcessExitedException  # noqa: E402
 
 from dysample_d2.engine import (  # noqa: E402
     LazyRun,
-    Trainer,  # noqa: F401  (the YACS trainer, for scripts that import it from here)
     UserInputError,
     YacsRun,
     check_datasets,

@@ -38,14 +38,14 @@ def get_parser():
                         "optional for the authors' released file names")
     parser.add_argument("--task", choices=TASKS,
                         help="expected model kind; checked against the checkpoint and config")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
+    parser.add_argument("opts", nargs="*", default=[], metavar="KEY VALUE",
                         help="config options merged after --config-file, as train_net.py takes "
                         "them")
     return parser
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    args = get_parser().parse_intermixed_args(argv)  # IN OUT, options, then KEY VALUE
     config_file = args.config_file or config_for_checkpoint(args.input)
     if config_file is None:
         print(f"error: {os.path.basename(args.input)!r} is not one of the authors' released "

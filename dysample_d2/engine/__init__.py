@@ -1,5 +1,6 @@
 from .checkpoint import (
     AtomicDetectionCheckpointer,
+    AtomicFile,
     CheckpointMismatchError,
     load_exact_checkpoint,
 )
@@ -23,6 +24,7 @@ from .yacs_run import Trainer, YacsRun
 
 __all__ = [
     "AtomicDetectionCheckpointer",
+    "AtomicFile",
     "CheckpointMismatchError",
     "load_exact_checkpoint",
     "UserInputError",

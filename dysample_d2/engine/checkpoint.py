@@ -12,7 +12,7 @@ class CheckpointMismatchError(UserInputError, RuntimeError):
     """A checkpoint whose tensors do not cover the model exactly."""
 
 
-class _AtomicFile:
+class AtomicFile:
     """A file opened for writing at a temporary name next to ``path``, renamed onto ``path``
     when its ``with`` block ends without an exception and removed when one is raised."""
 
@@ -47,7 +47,7 @@ class _AtomicFile:
 
 
 class _AtomicWritesPathManager:
-    """A PathManager whose writes to local files go through :class:`_AtomicFile`; every
+    """A PathManager whose writes to local files go through :class:`AtomicFile`; every
     other call (reads, remote paths, ls, rm) is the wrapped PathManager's."""
 
     def __init__(self, path_manager):
@@ -58,7 +58,7 @@ class _AtomicWritesPathManager:
 
     def open(self, path: str, mode: str = "r", **kwargs):
         if "w" in mode and "://" not in path and not kwargs:
-            return _AtomicFile(path, mode)
+            return AtomicFile(path, mode)
         return self._path_manager.open(path, mode, **kwargs)
 
 

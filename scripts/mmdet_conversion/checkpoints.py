@@ -1,5 +1,4 @@
 """Read mmdet checkpoints, check the target config, write Detectron2 checkpoints."""
-import io
 import os
 import pickle
 import re
@@ -180,12 +179,9 @@ def convert_checkpoint(in_path: str, cfg, task: Optional[str] = None, reference=
 
 
 def save_checkpoint(checkpoint: dict, out_path: str) -> None:
-    """Write atomically (a temporary file renamed into place)."""
-    directory = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(directory, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    tmp = out_path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(buffer.getvalue())
-    os.replace(tmp, out_path)
+    """Write atomically: an interrupted save leaves no truncated file at ``out_path``."""
+    from dysample_d2.engine import AtomicFile
+
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with AtomicFile(out_path, "wb") as f:
+        torch.save(checkpoint, f)
