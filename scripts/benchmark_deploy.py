@@ -185,12 +185,13 @@ def table(rows, info, args) -> str:
     return "\n".join(lines + ["", END])
 
 
-def write_docs(path, text):
+def write_docs(path, text, begin=BEGIN, end=END):
+    """Replace the block from `begin` to `end` (markers included) of file `path` by `text`."""
     content = Path(path).read_text()
-    if BEGIN not in content or END not in content:
-        raise SystemExit(f"benchmark_deploy.py: {path} has no {BEGIN} ... {END} block")
-    head, rest = content.split(BEGIN, 1)
-    Path(path).write_text(head + text + rest.split(END, 1)[1])
+    if begin not in content or end not in content:
+        raise SystemExit(f"{os.path.basename(sys.argv[0])}: {path} has no {begin} ... {end} block")
+    head, rest = content.split(begin, 1)
+    Path(path).write_text(head + text + rest.split(end, 1)[1])
 
 
 def main(argv=None):

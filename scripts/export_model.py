@@ -19,11 +19,16 @@ of tensors, Detectron2's ``Instances`` fields before post-processing (boxes in i
 pixels); of the backbone: p2..p6. The script exports on --input (resized as DefaultPredictor
 does) or on a random image of --size, then runs the written file in --runtime and compares
 it with the eager model (sampling as the export does) at that size and at --check-size.
---sampler auto picks GridSample from opset 16 and gathers below.
+The file is written under a temporary name (model.partial.onnx, ...) and renamed once the
+check passed; a failed check removes it. --sampler auto picks gathers below opset 16, and from
+opset 16 the faster export for --runtime (gathers for onnxruntime, GridSample for OpenVINO;
+dysample_d2.export.samplers). --precision runs the check at bf16 / f16 (DySample's sampling
+kept in float32, dysample_d2.export.precision).
 """
 import argparse
 import os
 import sys
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +39,10 @@ from dysample_d2.layers import sampler as use_sampler
 from dysample_d2.export import (
     DYNAMO_OPSET,
     ONNX_OPSET,
+    PRECISIONS,
     BackboneExport,
     ExportError,
+    ExportWarning,
     check_opset,
     check_program_size,
     check_runtime,
@@ -74,10 +81,14 @@ def get_parser():
     parser.add_argument("--opset", type=int, default=None,
                         help=f"ONNX opset (default {ONNX_OPSET}; {DYNAMO_OPSET} with --dynamo)")
     parser.add_argument("--sampler", default="auto", choices=["auto", "gridsample", "gather"],
-                        help="DySample's bilinear sampling: auto = gather below opset 16")
+                        help="DySample's bilinear sampling: auto = gather below opset 16, "
+                             "else the faster one for --runtime")
     parser.add_argument("--runtime", default=None,
                         help="check the export in: torch, onnxruntime, openvino; none: no "
                              "check (default: torch, or onnxruntime for onnx)")
+    parser.add_argument("--precision", default="f32",
+                        help="inference precision of the check: f32; openvino also bf16, f16, "
+                             "default (its own choice); onnxruntime also f16")
     parser.add_argument("--output", required=True, metavar="DIR")
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                         help="export input size (default: INPUT.MIN_SIZE_TEST, MAX_SIZE_TEST)")
@@ -101,11 +112,15 @@ def check_arguments(args) -> str:
     if onnx:
         args.opset = args.opset or (DYNAMO_OPSET if args.dynamo else ONNX_OPSET)
         check_opset(args.opset, "dynamo" if args.dynamo else "torchscript")
-    sampler = resolve_sampler(args.sampler, args.opset if onnx else None)
     args.runtime = args.runtime or runtime_for(args.format)
     if args.runtime != "none":
         check_runtime(args.runtime, args.format)
-    return sampler
+    allowed = PRECISIONS.get(args.runtime, ("f32",))
+    if args.precision not in allowed:
+        raise ExportError(f"--precision {args.precision}: runtime {args.runtime} checks at "
+                          f"{', '.join(allowed)}")
+    runtime = None if args.runtime == "none" else args.runtime
+    return resolve_sampler(args.sampler, args.opset if onnx else None, runtime)
 
 
 def trace_image(cfg, args) -> torch.Tensor:
@@ -128,7 +143,7 @@ def check_size(args, image) -> tuple:
     if args.check_size:
         return tuple(args.check_size)
     h, w = max(32, image.shape[1] * 3 // 4), image.shape[2] * 5 // 4
-    if args.format == "export":
+    if args.format == "export" or args.dynamo:  # programs take padded sizes only
         h, w = (max(96, -(-side // 32) * 32) for side in (h, w))
     return h, w
 
@@ -153,14 +168,23 @@ def compare(module, run_exported, image, size, names) -> None:
 
 
 def write_export(args, module, image, path, sampler) -> list:
-    """Write the export of `module` to `path`; return its output names."""
+    """Write the export of `module` to `path`; return its output names. Export warnings
+    (e.g. no detections on the export input) are printed as `warning: ...`."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ExportWarning)
+        names = _write_export(args, module, image, path, sampler)
+    for w in caught:
+        if issubclass(w.category, ExportWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return names
+
+
+def _write_export(args, module, image, path, sampler) -> list:
     with use_sampler(sampler):
         if args.format == "torchscript":
-            traced = export_torchscript(module, (image,), path)
-            found = args.backbone_only or len(module.outputs_schema(traced(image))[0]["instances"])
-            if not found:
-                print("warning: no detections on the export input; export an image with "
-                      "objects (--input) to be sure every branch is recorded", file=sys.stderr)
+            export_torchscript(module, (image,), path)
         elif args.format == "export":
             torch.export.save(export_program(module, image), path)
         else:
@@ -182,6 +206,7 @@ def export(args) -> str:
     module = BackboneExport(model) if args.backbone_only else tracing_adapter(model, image)
     if args.format == "export" or args.dynamo:
         check_program_size(module, *image.shape[1:])
+        check_program_size(module, *check_size(args, image))
     os.makedirs(args.output, exist_ok=True)
     stem = "backbone" if args.backbone_only else "model"
     path = os.path.join(args.output, stem + SUFFIX[args.format])
@@ -189,15 +214,39 @@ def export(args) -> str:
         script_model(model, SCRIPTED_FIELDS).save(path)
         print(f"wrote {path}; scripted models take Detectron2's list of dicts: not compared")
         return path
-    names = write_export(args, module, image, path, sampler)
-    print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB), sampler {sampler}")
-    if args.runtime == "none":
-        return path
-    run_exported = load_runtime(args.runtime, args.format, path)
-    print(f"checked in {args.runtime} against eager ({sampler} sampling):")
-    with use_sampler(sampler):
-        compare(module.cpu(), run_exported, image.cpu(), check_size(args, image), names)
+    # written under a temporary name, renamed once checked: no half-checked file is left
+    partial = os.path.join(args.output, stem + ".partial" + SUFFIX[args.format])
+    try:
+        names = write_export(args, module, image, partial, sampler)
+        size_mib = os.path.getsize(partial) / 2**20
+        if args.runtime != "none":
+            check_export(args, module, image, partial, sampler, names)
+    except BaseException:
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise
+    os.replace(partial, path)
+    print(f"wrote {path} ({size_mib:.1f} MiB), sampler {sampler}"
+          + ("" if args.runtime != "none" else " (not checked: --runtime none)"))
     return path
+
+
+def check_export(args, module, image, path, sampler, names) -> None:
+    """Run the written file in args.runtime against eager; ExportError if it cannot run."""
+    size = check_size(args, image)
+    try:
+        run_exported = load_runtime(args.runtime, args.format, path, precision=args.precision)
+        print(f"checked in {args.runtime} ({args.precision}) against eager ({sampler} "
+              "sampling):")
+        with use_sampler(sampler):
+            compare(module.cpu(), run_exported, image.cpu(), size, names)
+    except ExportError:
+        raise
+    except Exception as e:  # the runtime refuses the file or an input size
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()),
+                     type(e).__name__)
+        raise ExportError(f"the export did not pass its check in {args.runtime}: "
+                          f"{type(e).__name__}: {first[:300]}") from e
 
 
 def main(argv=None) -> int:

@@ -14,9 +14,11 @@ from detectron2.export.flatten import DictSchema, InstancesSchema, ListSchema
 from detectron2.layers import ROIAlign
 
 from .model import BackboneExport, ExportError
+from .precision import tag_sampling_nodes
 from ..layers import sampler as use_sampler
 from .samplers import check_opset, resolve_sampler
-from .tracing import _failing_module, _first_line, _quiet_tracing, _scope_to_name, trace_model
+from .tracing import (_failing_module, _first_line, _quiet_tracing, _scope_to_name, trace_model,
+                      warn_if_no_detections)
 
 __all__ = ["ONNX_OPSET", "DYNAMO_OPSET", "export_onnx", "output_names"]
 
@@ -87,6 +89,7 @@ def _check_roi_align(module: nn.Module, opset: int) -> None:
 def _export_torchscript_based(module, image, path, opset):
     with _quiet_tracing():
         outputs = module(image)  # a TracingAdapter records its outputs_schema here
+    warn_if_no_detections(module, outputs)
     names = list(module.names) if isinstance(module, BackboneExport) else output_names(module)
     dynamic = {"image": {1: "height", 2: "width"}}
     for name, out in zip(names, outputs):
@@ -101,6 +104,7 @@ def _export_torchscript_based(module, image, path, opset):
         raise ExportError(_onnx_failure(e, module, image, opset)) from e
     finally:
         module.eval()  # the exporter restores the mode the outer module had
+    tag_sampling_nodes(path, module)  # findable, kept in float32 at low precision
     return names
 
 
@@ -116,8 +120,10 @@ def _export_dynamo(module, image, path, opset):
     names = list(module.names)
     try:
         with _quiet_tracing():
+            # weights inside the file (external_data=False): one file to rename and ship
             torch.onnx.export(program, (image,), path, opset_version=opset, dynamo=True,
-                              input_names=["image"], output_names=names, verbose=False)
+                              input_names=["image"], output_names=names, verbose=False,
+                              external_data=False)
     except Exception as e:
         raise ExportError(f"ONNX export (dynamo) failed: {type(e).__name__}: "
                           f"{_first_line(e)}") from e

@@ -9,19 +9,25 @@ onnxruntime    onnx                             ``pip install -e ".[deploy]"``
 openvino       onnx, export                     ``pip install -e ".[deploy]"``
 =============  ===============================  =========================================
 
-OpenVINO compiles in float32 (``INFERENCE_PRECISION_HINT``): on CPUs with bfloat16 units its
-default is bfloat16, whose features differ from float32 by about 1e-2 relative.
+``precision`` (:data:`~dysample_d2.export.precision.PRECISIONS`): OpenVINO compiles in float32
+by default here (``INFERENCE_PRECISION_HINT``; on CPUs with bfloat16 units OpenVINO's own
+default is bfloat16, "default" takes it), or bf16 / f16 with DySample's sampling nodes kept in
+float32 (:mod:`.precision`); onnxruntime runs the file (f32) or its float16 conversion (f16).
 :data:`CANNOT` gives, for runtimes that cannot be installed beside this project's torch and
 numpy, the reason.
 """
 import importlib.util
+import os
+import tempfile
 
 import numpy as np
 import torch
 
 from .model import ExportError
+from .precision import PRECISIONS, float16_onnx, openvino_model
 
-__all__ = ["RUNTIMES", "CANNOT", "check_runtime", "load_runtime", "runtime_for"]
+__all__ = ["RUNTIMES", "CANNOT", "check_runtime", "load_runtime", "runtime_for",
+           "compiled_precision"]
 
 # runtime -> (formats, Python module)
 RUNTIMES = {
@@ -62,21 +68,29 @@ def check_runtime(name: str, fmt: str) -> None:
         raise ExportError(f"runtime {name} is not installed: pip install -e '.[deploy]'")
 
 
-def load_runtime(name: str, fmt: str, path: str, threads: int = 0):
+def load_runtime(name: str, fmt: str, path: str, threads: int = 0, precision: str = "f32",
+                 keep_sampling_f32: bool = True):
     """
     Load the export at `path` in runtime `name` (checked with :func:`check_runtime`).
 
     Args:
         threads: intra-op threads (0: the runtime's default).
+        precision: inference precision, one of ``PRECISIONS[name]`` ("f32" for torch).
+        keep_sampling_f32: OpenVINO at bf16 / f16: keep DySample's tagged sampling nodes in
+            float32 (onnxruntime's f16 model is converted whole, see :func:`float16_onnx`).
 
     Returns:
         run(image Tensor[3, H, W]) -> list of numpy arrays, the export's outputs.
     """
     check_runtime(name, fmt)
+    allowed = PRECISIONS.get(name, ("f32",))
+    if precision not in allowed:
+        raise ExportError(f"runtime {name} has no precision {precision!r} (allowed: "
+                          f"{', '.join(allowed)})")
     if name == "onnxruntime":
-        return _onnxruntime(path, threads)
+        return _onnxruntime(path, threads, precision)
     if name == "openvino":
-        return _openvino(path, fmt, threads)
+        return _openvino(path, fmt, threads, precision, keep_sampling_f32)
     module = torch.jit.load(path) if fmt == "torchscript" else torch.export.load(path).module()
 
     def run(image):
@@ -86,21 +100,30 @@ def load_runtime(name: str, fmt: str, path: str, threads: int = 0):
     return run
 
 
-def _onnxruntime(path, threads):
+def _onnxruntime(path, threads, precision):
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    if precision == "f16":  # converted whole: the converter's block list adds drift
+        with tempfile.TemporaryDirectory() as directory:
+            converted = float16_onnx(path, os.path.join(directory, "model_fp16.onnx"))
+            session = onnxruntime.InferenceSession(converted, options,
+                                                   providers=["CPUExecutionProvider"])
+    else:
+        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     return lambda image: session.run(None, {"image": image.numpy()})
 
 
-def _openvino(path, fmt, threads):
+def _openvino(path, fmt, threads, precision, keep_sampling_f32):
     import openvino
 
     core = openvino.Core()
-    model = path if fmt == "onnx" else _openvino_model(openvino, path)
-    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    if fmt == "onnx":
+        model = openvino_model(path, keep_sampling_f32 and precision != "f32")
+    else:
+        model = _openvino_model(openvino, path)
+    config = {} if precision == "default" else {"INFERENCE_PRECISION_HINT": precision}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     compiled = core.compile_model(model, "CPU", config)
@@ -109,7 +132,15 @@ def _openvino(path, fmt, threads):
         result = compiled([np.ascontiguousarray(image.numpy())])
         return [result[o] for o in compiled.outputs]
 
+    run.compiled = compiled  # for compiled_precision
     return run
+
+
+def compiled_precision(run) -> str:
+    """The inference precision an OpenVINO `run` (from :func:`load_runtime`) was compiled
+    at, e.g. "bf16" where "f16" was asked on a CPU without float16 arithmetic; else None."""
+    compiled = getattr(run, "compiled", None)
+    return None if compiled is None else compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
 
 
 def _openvino_model(openvino, path):

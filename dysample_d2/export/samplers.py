@@ -4,7 +4,13 @@ Which bilinear sampling DySample exports with, and at which ONNX opsets.
 "gridsample": ``F.grid_sample`` (ONNX GridSample, opset >= 16). "gather": the same
 ``align_corners=False``, border-padding bilinear written as gathers and arithmetic
 (``dysample_d2.layers.gather``), for opsets 11-15 and runtimes without a usable GridSample.
-"auto": gather below opset 16, GridSample otherwise. The eager model a check compares with
+"auto": gather below opset 16; from opset 16 the faster export for the runtime it targets
+(:func:`resolve_sampler`'s ``runtime``): gathers for onnxruntime (DySample-FPN / nearest-FPN
+x1.09 against GridSample's x1.21, docs/deployment.md), GridSample for OpenVINO, whose default
+inference precision on CPUs with bfloat16 units is bf16 and which keeps only the GridSample
+export's sampling coordinates in float32 there (:mod:`.precision`); gathers for OpenVINO on
+AMD CPUs that run f32 by default (x1.08 against x1.16); GridSample otherwise (one kernel in GPU
+runtimes). The eager model a check compares with
 runs in the same sampler (``with dysample_d2.layers.sampler(name):``), so both sides do the
 same arithmetic.
 """
@@ -31,9 +37,10 @@ def check_opset(opset: int, exporter: str = "torchscript") -> None:
         )
 
 
-def resolve_sampler(name: str, opset=None) -> str:
+def resolve_sampler(name: str, opset=None, runtime=None) -> str:
     """
-    "gridsample" or "gather" for `name` at ONNX `opset` (None: not ONNX).
+    "gridsample" or "gather" for `name` at ONNX `opset` (None: not ONNX), for the runtime
+    the export is made for (None: any; see the module docstring for "auto").
 
     Raises:
         ExportError: unknown name, or GridSample below the opset that has it.
@@ -41,10 +48,29 @@ def resolve_sampler(name: str, opset=None) -> str:
     if name not in SAMPLERS:
         raise ExportError(f"sampler {name!r}: allowed are {', '.join(SAMPLERS)}")
     if name == "auto":
-        return "gather" if opset is not None and opset < GRIDSAMPLE_MIN_OPSET else "gridsample"
+        if opset is not None and opset < GRIDSAMPLE_MIN_OPSET:
+            return "gather"
+        if opset is not None and runtime == "onnxruntime":
+            return "gather"
+        if opset is not None and runtime == "openvino" and _openvino_prefers_gather():
+            return "gather"
+        return "gridsample"
     if name == "gridsample" and opset is not None and opset < GRIDSAMPLE_MIN_OPSET:
         raise ExportError(
             f"ONNX opset {opset}: GridSample needs opset >= {GRIDSAMPLE_MIN_OPSET}; use the "
             "gather sampler (--sampler gather or auto) or a newer opset"
         )
     return name
+
+
+def _openvino_prefers_gather() -> bool:
+    """OpenVINO's CPU plugin on an AMD CPU whose default inference precision is f32."""
+    try:
+        import openvino
+
+        core = openvino.Core()
+        name = str(core.get_property("CPU", "FULL_DEVICE_NAME"))
+        default = core.get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
+    except Exception:  # not installed, or no CPU plugin: the general choice
+        return False
+    return "AMD" in name.upper() and default == "f32"

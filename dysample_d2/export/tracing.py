@@ -19,7 +19,16 @@ from torch import nn
 
 from .model import ExportError
 
-__all__ = ["trace_model", "export_torchscript", "script_model"]
+__all__ = ["trace_model", "export_torchscript", "script_model", "ExportWarning",
+           "warn_if_no_detections"]
+
+NO_DETECTIONS = ("no detections on the export input: the trace records the branches taken "
+                 "without detections only; export on an image with objects (--input) to be "
+                 "sure every branch is recorded")
+
+
+class ExportWarning(UserWarning):
+    """An export that was written but may not behave as the model does on other inputs."""
 
 # Known-harmless messages while tracing/exporting: the tracer's view of Detectron2's shape
 # and finiteness asserts (boxes.py, nms.py, fast_rcnn.py, ...), aten::index on indices from
@@ -90,10 +99,34 @@ def trace_model(module: nn.Module, inputs) -> torch.jit.ScriptModule:
     return traced
 
 
+def warn_if_no_detections(module: nn.Module, outputs) -> bool:
+    """
+    Warn (:class:`ExportWarning`) if `module`, a TracingAdapter of a whole model, found no
+    detections in `outputs` (its flattened outputs on the export input): a trace records only
+    the branches that input takes. Every export by tracing (TorchScript, ONNX) calls this.
+
+    Returns:
+        bool: whether it warned.
+    """
+    from detectron2.export import TracingAdapter
+
+    if not isinstance(module, TracingAdapter):
+        return False
+    results = module.outputs_schema(outputs)
+    instances = [r["instances"] for r in results if isinstance(r, dict) and "instances" in r]
+    if instances and all(len(i) == 0 for i in instances):
+        warnings.warn(NO_DETECTIONS, ExportWarning, stacklevel=2)
+        return True
+    return False
+
+
 def export_torchscript(module: nn.Module, inputs, path: str) -> torch.jit.ScriptModule:
-    """Trace `module` on `inputs` and save the trace to `path` (load with torch.jit.load)."""
+    """Trace `module` on `inputs` and save the trace to `path` (load with torch.jit.load);
+    warns if a whole model finds no detections on `inputs` (:func:`warn_if_no_detections`)."""
     traced = trace_model(module, inputs)
     torch.jit.save(traced, path)
+    with torch.no_grad():
+        warn_if_no_detections(module, traced(*inputs))
     return traced
 
 
