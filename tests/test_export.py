@@ -234,3 +234,119 @@ def test_onnx_op_without_conversion_is_named(tmp_path):
     adapter = TracingAdapter(FFT().eval(), (x,)).eval()
     with pytest.raises(ExportError, match=r"operator aten::fft_fft .*no ONNX conversion"):
         export_onnx(adapter, x, str(tmp_path / "fft.onnx"))
+
+
+def test_traced_batch_of_two_sizes_matches_eager_at_another_batch():
+    """A Mask R-CNN traced on two images of different sizes (padded together by ImageList)
+    and run on two others: the same boxes, scores and masks as eager on the same sampler."""
+    from dysample_d2.layers import sampler
+
+    model = tiny_model("quickstart/mask_rcnn_R_50_DySample_FPN_tiny.yaml")
+
+    def inference(m, inputs):
+        return m.inference(inputs, do_postprocess=False)
+
+    traced_on = [{"image": image(64, 96, seed=1)}, {"image": image(128, 160, seed=2)}]
+    run_on = [{"image": image(200, 100, seed=3)}, {"image": image(50, 70, seed=4)}]
+    with sampler("gridsample"), torch.no_grad():
+        adapter = TracingAdapter(model, traced_on, inference)
+        traced = trace_model(adapter, adapter.flattened_inputs)
+        expected = model.inference(run_on, do_postprocess=False)
+        flat = TracingAdapter(model, run_on, inference).flattened_inputs
+        actual = adapter.outputs_schema(traced(*flat))
+    for i, (e, a) in enumerate(zip(expected, actual)):
+        assert len(e) > 0 and len(e) == len(a), f"image {i}: {len(e)} vs {len(a)} detections"
+        torch.testing.assert_close(a.pred_boxes.tensor, e.pred_boxes.tensor, atol=1e-4, rtol=0)
+        torch.testing.assert_close(a.scores, e.scores, atol=1e-5, rtol=0)
+        torch.testing.assert_close(a.pred_masks, e.pred_masks, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_without_detections_warns(tmp_path, fmt):
+    from dysample_d2.export import ExportWarning, export_torchscript
+
+    torch.manual_seed(0)
+    model = build_model(load_config("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml",
+                                    opts=SMALL + ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "1.0"]))
+    x = image(*TRACE_SIZE)
+    adapter = tracing_adapter(model.eval(), x)
+    with pytest.warns(ExportWarning, match="no detections on the export input"):
+        if fmt == "onnx":
+            export_onnx(adapter, x, str(tmp_path / "m.onnx"))
+        else:
+            export_torchscript(adapter, (x,), str(tmp_path / "m.ts"))
+
+
+def test_backbone_export_does_not_warn_about_detections(tmp_path):
+    import warnings
+
+    from dysample_d2.export import ExportWarning
+
+    model = tiny_model("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ExportWarning)
+        export_onnx(BackboneExport(model), image(*TRACE_SIZE), str(tmp_path / "b.onnx"))
+
+
+@pytest.mark.parametrize("runtime,opset,expected", [
+    ("onnxruntime", 17, "gather"), ("onnxruntime", 11, "gather"), ("openvino", 11, "gather"),
+    (None, 17, "gridsample"), ("torch", None, "gridsample"),
+])
+def test_auto_sampler_per_runtime(runtime, opset, expected):
+    from dysample_d2.export import resolve_sampler
+
+    assert resolve_sampler("auto", opset, runtime) == expected
+    assert resolve_sampler("gridsample", 17, runtime or "onnxruntime") == "gridsample"
+    assert resolve_sampler("gather", opset, runtime) == "gather"
+
+
+def test_auto_sampler_for_openvino_follows_its_default_precision(monkeypatch):
+    from dysample_d2.export import resolve_sampler, samplers
+
+    monkeypatch.setattr(samplers, "_openvino_prefers_gather", lambda: False)
+    assert resolve_sampler("auto", 17, "openvino") == "gridsample"
+    monkeypatch.setattr(samplers, "_openvino_prefers_gather", lambda: True)
+    assert resolve_sampler("auto", 17, "openvino") == "gather"
+
+
+def test_dynamo_check_sizes_are_ones_programs_take():
+    import argparse
+
+    script = load_script("export_model")
+    args = argparse.Namespace(check_size=None, format="onnx", dynamo=True)
+    assert script.check_size(args, image(192, 192)) == (160, 256)  # not 144x240
+    args.dynamo = False
+    assert script.check_size(args, image(192, 192)) == (144, 240)
+
+
+def test_cli_failed_check_leaves_no_file_and_says_one_line(tmp_path, capsys, monkeypatch):
+    script = load_script("export_model")
+
+    def refusing(*args, **kwargs):
+        def run(image):
+            raise RuntimeError("Attempting to broadcast an axis by a dimension other than 1.\n"
+                               "more detail")
+        return run
+
+    monkeypatch.setattr(script, "load_runtime", refusing)
+    config = config_path("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
+    code = script.main(["--config-file", config, "--output", str(tmp_path), "--format", "onnx",
+                        "--backbone-only", "--size", "64", "96", *SMALL])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    lines = [line for line in err.splitlines() if "export_model.py" in line]
+    assert len(lines) == 1 and "did not pass its check in onnxruntime" in lines[0]
+    assert "broadcast an axis" in lines[0] and "more detail" not in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_cli_writes_the_export_under_its_name_once_checked(tmp_path, capsys):
+    script = load_script("export_model")
+    config = config_path("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
+    code = script.main(["--config-file", config, "--output", str(tmp_path), "--format", "onnx",
+                        "--backbone-only", "--size", "64", "96", *SMALL])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert os.listdir(tmp_path) == ["backbone.onnx"]
+    assert "sampler gather" in out  # auto for onnxruntime
+    assert "checked in onnxruntime (f32)" in out
