@@ -38,7 +38,6 @@ from dysample_d2.export import (  # noqa: E402
     export_onnx,
     load_model,
     load_runtime,
-    max_abs_diffs,
     max_rel_diffs,
     output_names,
     tracing_adapter,
@@ -229,8 +228,8 @@ def table(rows, info, args, num_images) -> str:
         f"Command: `{info['command']}`", "",
         f"Machine: {info['machine']}; load average {info['load_start']} at the start, "
         f"{info['load_end']} at the end. Feature drift: max |export - eager float32| / max "
-        f"|eager| over the upsampled levels (p2..p4), backbone at {args.size[0]}x{args.size[1]}; detections: whole "
-        f"model on {num_images} validation images at the test size, against eager; latency: "
+        f"|eager| over the upsampled levels (p2..p4), backbone at "
+        f"{args.size[0]}x{args.size[1]}; detections: whole model on {num_images} validation images at the test size, against eager; latency: "
         f"backbone at {args.size[0]}x{args.size[1]}, median of {args.repeats}, "
         f"{args.threads} threads.", "",
         "| runtime | precision (ran at) | DySample export | DySample drift, sampling kept "

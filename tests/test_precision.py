@@ -120,3 +120,29 @@ def test_a_precision_the_runtime_lacks_is_refused(backbones):
 
     with pytest.raises(ExportError, match="runtime onnxruntime has no precision 'bf16'"):
         load_runtime("onnxruntime", "onnx", backbones["dysample"][1], precision="bf16")
+
+
+@pytest.mark.slow
+def test_precision_check_quick_writes_the_docs_table(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    needs("onnxruntime")
+    needs("openvino")
+    docs = tmp_path / "deployment.md"
+    docs.write_text("before\n<!-- precision_check: begin -->\nold\n"
+                    "<!-- precision_check: end -->\nafter\n")
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "precision_check.py"), "--quick",
+         "--threads", "1", "--docs", str(docs)],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = docs.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
+    assert "Smoke run (--quick)" in text
+    assert "| openvino | bf16 (" in text and "| onnxruntime | f16 (f16) | gather |" in text
+    assert "0/20 unmatched" in text  # float32 rows: every detection matched

@@ -62,7 +62,8 @@ def _tensor_types(graph) -> dict:
     types.update({init.name: init.data_type for init in graph.initializer})
     for node in graph.node:
         if node.op_type == "Constant":
-            types.update({node.output[0]: a.t.data_type for a in node.attribute if a.name == "value"})
+            types.update({node.output[0]: a.t.data_type
+                          for a in node.attribute if a.name == "value"})
     return types
 
 

@@ -140,7 +140,9 @@ def compiled_precision(run) -> str:
     """The inference precision an OpenVINO `run` (from :func:`load_runtime`) was compiled
     at, e.g. "bf16" where "f16" was asked on a CPU without float16 arithmetic; else None."""
     compiled = getattr(run, "compiled", None)
-    return None if compiled is None else compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+    if compiled is None:
+        return None
+    return compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
 
 
 def _openvino_model(openvino, path):
