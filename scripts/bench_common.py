@@ -159,10 +159,10 @@ def cpu_model() -> str:
 
 
 def header_lines(title, info) -> list:
-    """The first lines of a results.md: title, the command that made it, machine and load;
-    a --quick run says first that it is a smoke run."""
+    """The first lines of a results table: title (none if None), the command that made it,
+    machine and load; a --quick run says first that it is a smoke run."""
     smoke = [f"**{SMOKE_RUN}** (--quick)", ""] if info.get("smoke") else []
-    return [f"# {title}", ""] + smoke + [
+    return ([f"# {title}", ""] if title else []) + smoke + [
         f"Command: `{info['command']}`", "",
         f"Machine: {info['machine']}; 1-minute load average {info['load_start']} at the start, "
         f"{info['load_end']} at the end (other jobs share the machine).", "",
@@ -193,6 +193,15 @@ def write_results(out_dir, info, rows, write_markdown, args) -> Path:
     if info.get("smoke"):
         print(SMOKE_RUN, flush=True)
     return out
+
+
+def write_docs(path, text, begin, end):
+    """Replace the block from `begin` to `end` (markers included) of file `path` by `text`."""
+    content = Path(path).read_text()
+    if begin not in content or end not in content:
+        raise SystemExit(f"{os.path.basename(sys.argv[0])}: {path} has no {begin} ... {end} block")
+    head, rest = content.split(begin, 1)
+    Path(path).write_text(head + text + rest.split(end, 1)[1])
 
 
 def load_average() -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import load_average, start_info  # noqa: E402
+from bench_common import header_lines, load_average, start_info, write_docs  # noqa: E402
 
 from dysample_d2.export import (  # noqa: E402
     BackboneExport,
@@ -165,13 +165,8 @@ def measure(cells, paths, size, repeats, threads):
 
 
 def table(rows, info, args) -> str:
-    lines = [BEGIN, ""]
-    if info["smoke"]:
-        lines += ["**Smoke run (--quick): not a measurement.**", ""]
-    lines += [
-        f"Command: `{info['command']}`", "",
-        f"Machine: {info['machine']}; load average {info['load_start']} at the start, "
-        f"{info['load_end']} at the end. R-{info['depth']} backbones, random weights, batch 1, "
+    lines = [BEGIN, ""] + header_lines(None, info) + [
+        f"R-{info['depth']} backbones, random weights, batch 1, "
         f"{args.size[0]}x{args.size[1]}, exported at {args.export_size[0]}x"
         f"{args.export_size[1]}, medians of {args.repeats} interleaved runs.", "",
         "| export | runtime | DySample-FPN (ms) | nearest FPN (ms) | ratio | DySample "
@@ -183,15 +178,6 @@ def table(rows, info, args) -> str:
         lines.append(f"| {r['export']} | {r['runtime']} | {r['dysample_ms']:.1f} | "
                      f"{r['nearest_ms']:.1f} | {r['ratio']:.3f} | {share} |")
     return "\n".join(lines + ["", END])
-
-
-def write_docs(path, text, begin=BEGIN, end=END):
-    """Replace the block from `begin` to `end` (markers included) of file `path` by `text`."""
-    content = Path(path).read_text()
-    if begin not in content or end not in content:
-        raise SystemExit(f"{os.path.basename(sys.argv[0])}: {path} has no {begin} ... {end} block")
-    head, rest = content.split(begin, 1)
-    Path(path).write_text(head + text + rest.split(end, 1)[1])
 
 
 def main(argv=None):
@@ -213,7 +199,7 @@ def main(argv=None):
     text = table(rows, info, args)
     print(text)
     if args.docs:
-        write_docs(args.docs, text)
+        write_docs(args.docs, text, BEGIN, END)
         print(f"wrote the table into {args.docs}")
     return 0
 

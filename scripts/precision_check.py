@@ -28,8 +28,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import load_average, start_info  # noqa: E402
-from benchmark_deploy import write_docs  # noqa: E402
+from bench_common import header_lines, load_average, start_info, write_docs  # noqa: E402
 
 from dysample_d2.export import (  # noqa: E402
     BackboneExport,
@@ -221,13 +220,8 @@ def measure(paths, images, big, args):
 
 
 def table(rows, info, args, num_images) -> str:
-    lines = [BEGIN, ""]
-    if info["smoke"]:
-        lines += ["**Smoke run (--quick): not a measurement.**", ""]
-    lines += [
-        f"Command: `{info['command']}`", "",
-        f"Machine: {info['machine']}; load average {info['load_start']} at the start, "
-        f"{info['load_end']} at the end. Feature drift: max |export - eager float32| / max "
+    lines = [BEGIN, ""] + header_lines(None, info) + [
+        f"Feature drift: max |export - eager float32| / max "
         f"|eager| over the upsampled levels (p2..p4), backbone at "
         f"{args.size[0]}x{args.size[1]}; detections: whole model on {num_images} validation images at the test size, against eager; latency: "
         f"backbone at {args.size[0]}x{args.size[1]}, median of {args.repeats}, "

@@ -23,6 +23,7 @@ from dysample_d2.export import (
     tracing_adapter,
 )
 from dysample_d2.layers import sampler
+from bench_common import SMOKE_RUN
 from test_export import image, tiny_model
 
 MODELS = {
@@ -202,6 +203,6 @@ def test_benchmark_deploy_quick_writes_the_docs_table(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     text = docs.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
-    assert "Smoke run (--quick)" in text
+    assert f"**{SMOKE_RUN}** (--quick)" in text
     assert "| ONNX GridSample (opset 17) | onnxruntime |" in text
     assert "| TorchScript (trace) | torch |" in text

@@ -20,6 +20,7 @@ from dysample_d2.export import (
     sampling_nodes,
 )
 from dysample_d2.layers import sampler
+from bench_common import SMOKE_RUN
 from helpers import load_config
 from test_export import SMALL, image, tiny_model
 
@@ -143,6 +144,6 @@ def test_precision_check_quick_writes_the_docs_table(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     text = docs.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
-    assert "Smoke run (--quick)" in text
+    assert f"**{SMOKE_RUN}** (--quick)" in text
     assert "| openvino | bf16 (" in text and "| onnxruntime | f16 (f16) | gather |" in text
     assert "0/20 unmatched" in text  # float32 rows: every detection matched
