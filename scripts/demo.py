@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 
+import dysample_d2  # noqa: F401  (first: it imports Detectron2's models without their warnings)
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
@@ -17,7 +18,12 @@ from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from dysample_d2.engine import load_exact_checkpoint, setup_config
+from dysample_d2.engine import (
+    UserFileNotFoundError,
+    UserInputError,
+    load_exact_checkpoint,
+    setup_config,
+)
 
 
 def get_parser():
@@ -59,14 +65,18 @@ def predict_and_draw(cfg, image_bgr, confidence_threshold=0.5):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logger(name="detectron2")
-    if not os.path.isfile(args.input):
-        sys.exit(f"--input {args.input!r} does not exist")
-    cfg = setup_config(args.config_file, args.opts)
-    if not cfg.MODEL.WEIGHTS:
-        print("WARNING: no MODEL.WEIGHTS given: drawing the predictions of a random model")
-    predictions, drawing = predict_and_draw(
-        cfg, read_image(args.input, format="BGR"), args.confidence_threshold
-    )
+    try:
+        if not os.path.isfile(args.input):
+            raise UserFileNotFoundError(f"--input {args.input!r} does not exist")
+        cfg = setup_config(args.config_file, args.opts)
+        if not cfg.MODEL.WEIGHTS:
+            print("WARNING: no MODEL.WEIGHTS given: drawing the predictions of a random model")
+        predictions, drawing = predict_and_draw(
+            cfg, read_image(args.input, format="BGR"), args.confidence_threshold
+        )
+    except UserInputError as e:  # one line, as train_net.py prints it
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     from PIL import Image
 

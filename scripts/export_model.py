@@ -30,10 +30,12 @@ import os
 import sys
 import warnings
 
+import dysample_d2  # noqa: F401  (first: it imports Detectron2's models without their warnings)
 import torch
 import torch.nn.functional as F
 from detectron2.structures import Boxes
 
+from dysample_d2.engine import UserInputError
 from dysample_d2.layers import sampler as use_sampler
 
 from dysample_d2.export import (
@@ -256,8 +258,8 @@ def main(argv=None) -> int:
     except ExportError as e:
         print(f"export_model.py: cannot export: {e}", file=sys.stderr)
         return 1
-    except (OSError, KeyError, AssertionError, ValueError) as e:  # config / checkpoint input
-        print(f"export_model.py: error: {type(e).__name__}: {e}", file=sys.stderr)
+    except UserInputError as e:  # config, checkpoint: one line, as train_net.py prints it
+        print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
 

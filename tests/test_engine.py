@@ -53,11 +53,13 @@ def test_demo_draws_predictions_on_a_generated_image(tmp_path, capsys):
     assert "instances above 0.0" in capsys.readouterr().out
 
 
-def test_demo_rejects_a_missing_image(tmp_path):
+def test_demo_rejects_a_missing_image(tmp_path, capsys):
     import demo
 
-    with pytest.raises(SystemExit, match="--input 'nope.jpg' does not exist"):
+    with pytest.raises(SystemExit) as exit_info:
         demo.main(["--config-file", "x.yaml", "--input", "nope.jpg"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: --input 'nope.jpg' does not exist\n"
 
 
 def test_quickstart_reads_detectron2_result_lines():

@@ -15,7 +15,6 @@ The node keeps every other argument (bottom-up network, norm, top block, interpo
 so command-line overrides such as ``model.backbone.groups=8`` address the same keys as
 ``model.backbone.out_channels``.
 """
-from detectron2 import model_zoo
 from detectron2.modeling import SimpleFeaturePyramid
 from detectron2.modeling.backbone import FPN
 from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
@@ -53,6 +52,8 @@ def model_zoo_recipe(config_path: str):
     Detectron2's model-zoo lazy config ``config_path`` (relative to its ``configs/``) as the
     objects of the lazy layout, in the order of :data:`LAZY_LAYOUT`.
     """
+    from detectron2 import model_zoo  # imported when used: it warns about pkg_resources
+
     cfg = model_zoo.get_config(config_path)
     return tuple(cfg[key] for key in LAZY_LAYOUT)
 
