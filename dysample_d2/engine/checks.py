@@ -30,6 +30,7 @@ class UserKeyError(UserInputError, KeyError):
 class UserFileNotFoundError(UserInputError, FileNotFoundError):
     """A file named by the command line or the config that does not exist."""
 
+
 _HINT = (
     "Detectron2 finds builtin datasets under $DETECTRON2_DATASETS (now {root!r}); make a "
     "small COCO-layout dataset there with `python scripts/make_coco_dataset.py --root {root}`"
@@ -40,7 +41,7 @@ _HINT = (
 def check_config_file(path: str) -> None:
     if not path:
         raise UserValueError("--config-file is required (e.g. configs/COCO-Detection/"
-                         "faster_rcnn_R_50_DySample_FPN_1x.yaml)")
+                             "faster_rcnn_R_50_DySample_FPN_1x.yaml)")
     if not os.path.isfile(path):
         raise UserFileNotFoundError(f"--config-file {path!r} does not exist")
 

@@ -53,9 +53,24 @@ def _base_grid(out_h, out_w, device, dtype, extent=None) -> torch.Tensor:
         Tensor[rows, cols, 2]
     """
     rows, cols = (out_h, out_w) if extent is None else extent
-    xs = (torch.arange(cols, device=device, dtype=dtype) + 0.5) * (2.0 / out_w) - 1.0
-    ys = (torch.arange(rows, device=device, dtype=dtype) + 0.5) * (2.0 / out_h) - 1.0
+    step_x, step_y = _two_over((out_w, out_h), device, dtype)
+    xs = (torch.arange(cols, device=device, dtype=dtype) + 0.5) * step_x - 1.0
+    ys = (torch.arange(rows, device=device, dtype=dtype) + 0.5) * step_y - 1.0
     return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)
+
+
+def _two_over(sizes, device, dtype):
+    """
+    ``2 / n`` for each size ``n``, as a ``dtype`` tensor: divided in float64, the precision of
+    Python's ``2.0 / n``, so the values are those of the Python expression rounded to
+    ``dtype``. Tensor ops also under torch.export, whose symbolic sizes would otherwise
+    become Python float arithmetic (``sym_float``, ``truediv``) that OpenVINO cannot convert.
+    Under torch.jit tracing, Python numbers: the tracer records arithmetic on traced sizes,
+    where a tensor made of them would be a constant.
+    """
+    if tracing():
+        return [2.0 / n for n in sizes]
+    return (2.0 / torch.tensor(sizes, dtype=torch.float64, device=device)).to(dtype)
 
 
 class DySample(nn.Module):
@@ -190,7 +205,7 @@ class DySample(nn.Module):
         if tracing():  # (2/W, 2/H) from the traced shape
             norm = 2.0 / torch._shape_as_tensor(x)[2:].flip(0).to(gdt)
         else:
-            norm = torch.tensor((2.0 / w, 2.0 / h), dtype=gdt, device=x.device)
+            norm = _two_over((w, h), x.device, gdt)
         grid = torch.addcmul(base, offset, norm)
         return grid.reshape(b * self.groups, out_h, out_w, 2)
 
