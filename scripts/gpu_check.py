@@ -42,7 +42,7 @@ def device() -> int:
         return 4
     if not torch.cuda.is_available():
         print(f"gpu_check: no CUDA device (torch {torch.__version__}, "
-              f"torch.cuda.is_available() is False): nothing to check on this machine")
+              f"torch.cuda.is_available() is False): nothing to check without CUDA")
         return 3
     names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     print(f"gpu_check: {len(names)} CUDA device(s): {', '.join(names)}; torch "

@@ -52,7 +52,7 @@ def cap_workers(num_workers: int, key: str) -> int:
     worker processes than CPUs only slow loading down, and torch's DataLoader warns)."""
     cpus = cpu_count() or 1
     if num_workers > cpus:
-        logger.info(f"{key} lowered from {num_workers} to {cpus}, the CPUs of this machine")
+        logger.info(f"{key} lowered from {num_workers} to {cpus}, the number of CPUs")
         return cpus
     return num_workers
 
