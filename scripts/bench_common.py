@@ -195,13 +195,18 @@ def write_results(out_dir, info, rows, write_markdown, args) -> Path:
     return out
 
 
-def write_docs(path, text, begin, end):
-    """Replace the block from `begin` to `end` (markers included) of file `path` by `text`."""
-    content = Path(path).read_text()
+def publish_table(text, docs, begin, end):
+    """Print the table `text`; with a `docs` path, also replace that file's block from `begin`
+    to `end` (markers included) by it."""
+    print(text)
+    if not docs:
+        return
+    content = Path(docs).read_text()
     if begin not in content or end not in content:
-        raise SystemExit(f"{os.path.basename(sys.argv[0])}: {path} has no {begin} ... {end} block")
+        raise SystemExit(f"{os.path.basename(sys.argv[0])}: {docs} has no {begin} ... {end} block")
     head, rest = content.split(begin, 1)
-    Path(path).write_text(head + text + rest.split(end, 1)[1])
+    Path(docs).write_text(head + text + rest.split(end, 1)[1])
+    print(f"wrote the table into {docs}")
 
 
 def load_average() -> str:

@@ -28,7 +28,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import header_lines, load_average, start_info, write_docs  # noqa: E402
+from bench_common import header_lines, load_average, publish_table, start_info  # noqa: E402
 
 from dysample_d2.export import (  # noqa: E402
     BackboneExport,
@@ -260,10 +260,7 @@ def main(argv=None):
         return 1
     info["load_end"] = load_average()
     text = table(rows, info, args, len(images))
-    print(text)
-    if args.docs:
-        write_docs(args.docs, text, BEGIN, END)
-        print(f"wrote the table into {args.docs}")
+    publish_table(text, args.docs, BEGIN, END)
     return 0
 
 
