@@ -5,6 +5,7 @@ override) raises a :class:`UserInputError`, whose message says what is wrong and
 it: train_net.py prints it as one ``error:`` line, without a traceback. The subclasses are
 also ValueError, KeyError or FileNotFoundError, as callers may expect.
 """
+import functools
 import logging
 import os
 import zipfile
@@ -78,9 +79,11 @@ def _first_sentence(error: Exception) -> str:
     return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(error).__name__
 
 
-def _check_readable(path: str, key: str, shown: str) -> None:
-    """The checkpoint file ``path`` (named ``shown`` by ``key``) can be read: a zip-format
-    .pth (torch.save's) has its directory and every member's checksum intact; other files
+@functools.lru_cache(maxsize=8)
+def _unreadable(path: str, size: int, mtime_ns: int):
+    """Why the file at ``path`` (of this size and modification time: one read per version
+    of the file, however many checks name it) cannot be read, or None. A zip-format .pth
+    (torch.save's) must have its directory and every member's checksum intact; other files
     (Detectron2's .pkl, old-style torch files) are loaded as Detectron2 loads them."""
     try:
         if zipfile.is_zipfile(path):
@@ -94,12 +97,20 @@ def _check_readable(path: str, key: str, shown: str) -> None:
 
             DetectionCheckpointer(torch.nn.Module())._load_file(path)
     except Exception as e:  # truncated or corrupt: whatever the reader raised
-        reason = _first_sentence(e)
+        return _first_sentence(e)
+    return None
+
+
+def _check_readable(path: str, key: str, shown: str) -> None:
+    """The checkpoint file ``path`` (named ``shown`` by ``key``) can be read (`_unreadable`)."""
+    stat = os.stat(path)
+    reason = _unreadable(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if reason is not None:
         raise UserValueError(
             f"{key}: checkpoint file {shown!r} cannot be read (truncated or corrupt: {reason}); "
             f"download or save it again, or set {_option(key, 'path/to/model.pth')} to "
             "another file"
-        ) from e
+        )
 
 
 def _no_errors(record) -> bool:
