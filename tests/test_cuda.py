@@ -133,7 +133,7 @@ def test_every_sampler_on_cuda_float32_is_close_to_the_reference(cuda_sampler, f
 
 @on_cuda
 def test_each_sampler_runs_its_own_ops_on_cuda(monkeypatch):
-    """On CUDA "auto" and "gridsample" call F.grid_sample, "gather" grid_sample_gather; the
+    """On CUDA "auto" and "gridsample" call F.grid_sample, "gather" sample_gather; the
     CPU kernel's Function never runs."""
     calls = []
 
@@ -143,10 +143,10 @@ def test_each_sampler_runs_its_own_ops_on_cuda(monkeypatch):
 
     counted(DySampleFunction, "apply")
     counted(dysample_module.F, "grid_sample")
-    counted(dysample_module, "grid_sample_gather")
+    counted(dysample_module, "sample_gather")
     module = DySample(8, 2, groups=2).cuda()
     x = torch.randn(1, 8, 4, 4, device="cuda", requires_grad=True)
-    expected = {"auto": "grid_sample", "gridsample": "grid_sample", "gather": "grid_sample_gather"}
+    expected = {"auto": "grid_sample", "gridsample": "grid_sample", "gather": "sample_gather"}
     for name, op in expected.items():
         with sampler(name):
             calls.clear()
@@ -317,8 +317,8 @@ def test_deterministic_training_on_cuda_gives_identical_gradients(deterministic,
     """Under torch.use_deterministic_algorithms(True), "auto" trains with the gather sampler:
     two runs give the same bits, and the result is grid_sample's within float32 rounding."""
     calls = []
-    original = dysample_module.grid_sample_gather
-    monkeypatch.setattr(dysample_module, "grid_sample_gather",
+    original = dysample_module.sample_gather
+    monkeypatch.setattr(dysample_module, "sample_gather",
                         lambda *a: calls.append(1) or original(*a))
     module = randomize(DySample(64, 2, "lp", 4, True), std=0.3).cuda()
     x = torch.randn(2, 64, 24, 40, device="cuda")

@@ -207,7 +207,7 @@ def test_gradcheck_with_add_to(each_sampler):
 
 def test_each_sampler_runs_its_own_ops(monkeypatch):
     """auto: the kernel's Function on eager CPU, the reference ops under tracing; gridsample:
-    F.grid_sample; gather: grid_sample_gather; neither of those two calls the kernel."""
+    F.grid_sample; gather: sample_gather; neither of those two calls the kernel."""
     calls = []
 
     def counted(owner, name):
@@ -216,10 +216,10 @@ def test_each_sampler_runs_its_own_ops(monkeypatch):
 
     counted(DySampleFunction, "apply")
     counted(dysample_module.F, "grid_sample")
-    counted(dysample_module, "grid_sample_gather")
+    counted(dysample_module, "sample_gather")
     module = DySample(8, 2, groups=2).eval()
     x = torch.randn(1, 8, 4, 4)
-    expected = {"auto": "apply", "gridsample": "grid_sample", "gather": "grid_sample_gather"}
+    expected = {"auto": "apply", "gridsample": "grid_sample", "gather": "sample_gather"}
     for name, op in expected.items():
         with sampler(name):
             calls.clear()
@@ -290,23 +290,31 @@ def test_offset_columns_read_x_without_copying_it(sub_pixels, weight_requires_gr
     assert torch.allclose(off, rows.reshape(2, 42, 8 * sub_pixels), atol=1e-5)
 
 
-# grid_sample_gather on its own: random grids in and out of the image, borders, gradients
+# sample_gather on its own: random offsets in and out of the image, borders, gradients
 
-def grid_sample(x, grid):
+def grid_sampled(x, offset):
+    """grid_sample at the grid of `offset` (input pixels from the positions of bilinear
+    resizing to its size): what DySample samples."""
+    h, w = x.shape[-2:]
+    out_h, out_w = offset.shape[1:3]
+    xs = (torch.arange(out_w, dtype=x.dtype) + 0.5) * 2 / out_w - 1
+    ys = (torch.arange(out_h, dtype=x.dtype) + 0.5) * 2 / out_h - 1
+    base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)
+    grid = base + offset * torch.tensor([2 / w, 2 / h], dtype=x.dtype)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-@pytest.mark.parametrize("shape", [(3, 5, 6, 7), (1, 1, 1, 4), (2, 3, 2, 1)])
-def test_gather_equals_grid_sample(dtype, tol, shape):
+@pytest.mark.parametrize("shape, out", [((3, 5, 6, 7), (12, 14)), ((1, 1, 1, 4), (2, 7)),
+                                        ((2, 3, 2, 1), (5, 3)), ((1, 2, 7, 9), (7, 9))])
+def test_gather_equals_grid_sample(dtype, tol, shape, out):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape, dtype=dtype, generator=gen).requires_grad_()
-    grid = (torch.rand(shape[0], 9, 11, 2, dtype=dtype, generator=gen) * 3 - 1.5)
-    grid.requires_grad_()
-    grad = torch.randn(shape[0], shape[1], 9, 11, dtype=dtype, generator=gen)
-    outs = [f(x, grid) for f in (gather.grid_sample_gather, grid_sample)]
+    offset = (torch.randn(shape[0], *out, 2, dtype=dtype, generator=gen) * 2).requires_grad_()
+    grad = torch.randn(shape[0], shape[1], *out, dtype=dtype, generator=gen)
+    outs = [f(x, offset) for f in (gather.sample_gather, grid_sampled)]
     assert (outs[0] - outs[1]).abs().max().item() < tol
-    grads = [torch.autograd.grad(out, [x, grid], grad) for out in outs]
+    grads = [torch.autograd.grad(out, [x, offset], grad) for out in outs]
     for ours, theirs in zip(*grads):
         assert (ours - theirs).abs().max().item() < tol * max(1.0, theirs.abs().max().item())
 
@@ -314,26 +322,42 @@ def test_gather_equals_grid_sample(dtype, tol, shape):
 def test_gather_on_pixel_centres_and_image_borders():
     """Positions exactly on the first/last pixel centres, the image border and beyond: the
     same values, and no gradient through a clamped or border coordinate, as grid_sample."""
-    w = h = 5
-    marks = torch.tensor([-1.0, 1.0, -1 + 1 / w, 1 - 1 / w, 0.0, -1.5, 1.5, 1 - 3 / w],
-                         dtype=torch.float64)
-    grid = torch.stack(torch.meshgrid(marks, marks, indexing="xy"), -1)[None].requires_grad_()
+    w = h = 4  # and 8 outputs: positions (o + 0.5) / 2 - 0.5, every grid value exact
+    # coordinates 0 (first centre), 3 (last), -1 (beyond), 1.25, 2 (a centre), 5.25, 3, 3
+    marks = torch.tensor([0.25, 2.75, -1.75, 0.0, 0.25, 3.0, 0.25, -0.25], dtype=torch.float64)
+    offset = torch.stack(torch.meshgrid(marks, marks, indexing="xy"), -1)[None]
+    offset.requires_grad_()
     x = torch.randn(1, 3, h, w, dtype=torch.float64, requires_grad=True)
     grad = torch.randn(1, 3, len(marks), len(marks), dtype=torch.float64)
-    outs = [f(x, grid) for f in (gather.grid_sample_gather, grid_sample)]
+    outs = [f(x, offset) for f in (gather.sample_gather, grid_sampled)]
     assert (outs[0] - outs[1]).abs().max().item() < 1e-12
-    grads = [torch.autograd.grad(out, [x, grid], grad) for out in outs]
+    grads = [torch.autograd.grad(out, [x, offset], grad) for out in outs]
     for ours, theirs in zip(*grads):
         assert (ours - theirs).abs().max().item() < 1e-12
 
 
-def test_gather_reads_inside_the_image_at_non_finite_positions():
+def test_gather_reads_inside_the_image_at_non_finite_offsets():
     x = torch.randn(1, 3, 4, 5)
-    grid = torch.zeros(1, 2, 3, 2)
-    grid[0, 0, :, 0] = torch.tensor([float("nan"), float("inf"), -float("inf")])
-    out = gather.grid_sample_gather(x, grid)  # must not index outside the input
+    offset = torch.zeros(1, 2, 3, 2)
+    offset[0, 0, :, 0] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    offset[0, 0, :, 1] = -0.5  # the first row's centre
+    out = gather.sample_gather(x, offset)  # must not index outside the input
     assert out.shape == (1, 3, 2, 3) and torch.isfinite(out).all()
-    assert torch.equal(out[0, :, 0, 2], F.grid_sample(x, grid, padding_mode="border")[0, :, 0, 2])
+    assert torch.equal(out[0, :, 0, 0], x[0, :, 0, 0])  # NaN: the first pixel
+    assert torch.equal(out[0, :, 0, 1], x[0, :, 0, 4])  # +inf: the last column
+    assert torch.equal(out[0, :, 0, 2], x[0, :, 0, 0])
+
+
+def test_gather_keeps_sub_pixel_positions_in_bfloat16():
+    """Positions are an integer pixel plus a small fraction, so bfloat16 offsets move them by a
+    rounding of the fraction only, even hundreds of pixels into the image (a normalised grid
+    in bfloat16 is off by up to a pixel there)."""
+    offset = torch.linspace(-1.5, 1.5, 1200, dtype=torch.float64).view(1, 1, -1)
+    i0, i1, frac = gather._axis(offset, 600, 1200, (1, 1, -1))
+    b0, b1, bfrac = gather._axis(offset.bfloat16(), 600, 1200, (1, 1, -1))
+    position, low_position = i0 + frac, b0 + bfrac.double()
+    assert (low_position - position).abs().max() < 2**-7
+    assert torch.equal(b1 - b0, i1 - i0)
 
 
 @pytest.mark.parametrize("opset", [11, 20])

@@ -1,7 +1,7 @@
 """
 Low-precision inference of ONNX exports: DySample's sampling coordinates kept in float32.
 
-DySample samples at ``grid = base + offset * (2/W, 2/H)``, normalised to [-1, 1]. In bfloat16
+DySample's GridSample export samples at ``grid = base + offset * (2/W, 2/H)``, in [-1, 1]. In bfloat16
 (8 significant bits) a grid value near 1 is off by up to 2^-8, which at a 336-pixel-wide level
 is 0.65 px; in float16, 0.08 px. Nearest upsampling has no coordinates to lose, so a
 DySample-FPN that runs the grid in low precision drifts further from float32 than its
@@ -18,15 +18,15 @@ nearest twin. What this module does about it:
   the ``DisablePrecisionConversion`` runtime attribute, which the CPU plugin honours under a
   bf16 or f16 ``INFERENCE_PRECISION_HINT`` by keeping those nodes in float32.
 * :func:`float16_onnx`: the model converted to float16 for onnxruntime
-  (``onnxruntime.transformers.float16``). Its ``node_block_list`` would keep the tagged nodes
-  in float32, but with onnxruntime 1.32's converter a blocked model drifts further than an
-  unblocked one (even with every node blocked: 2.2e-2 relative, against 6.0e-3 unblocked, on
-  the tiny test backbone at 384x640), so the conversion is whole by default; whole R-CNNs do
-  not convert (the converter writes an invalid graph).
+  (``onnxruntime.transformers.float16``) with the tagged nodes in the converter's
+  ``node_block_list``. The converter rounds every output of a blocked node to float16 and
+  back before the next node reads it (a Cast pair per tensor); those round trips are removed,
+  so the blocked chain, from the offsets to the sampled values, runs in float32. Whole
+  R-CNNs do not convert (the converter writes an invalid graph).
 
-The gather sampler's ops (comparisons, Where, Floor before the integer Cast) are partly
-replaced by OpenVINO's own transformations, which drop the marks: in OpenVINO at bf16 use the
-GridSample export (docs/deployment.md has the measurements).
+The gather export needs none of this: its positions are an integer pixel plus a small
+fraction (``dysample_d2.layers.gather``), which a low precision rounds by a small part of a
+pixel only; it is tagged and marked all the same.
 """
 import os
 import tempfile
@@ -181,12 +181,11 @@ def openvino_model(path: str, keep_sampling_f32: bool = True):
     return model
 
 
-def float16_onnx(path: str, out_path: str, keep_sampling_f32: bool = False) -> str:
+def float16_onnx(path: str, out_path: str, keep_sampling_f32: bool = True) -> str:
     """
     Write the ONNX export at `path` converted to float16 (inputs and outputs stay float32) to
-    `out_path`, for onnxruntime; with `keep_sampling_f32` the tagged sampling nodes are in the
-    converter's node block list (which adds drift with onnxruntime 1.32's converter: see the
-    module docstring). Returns `out_path`.
+    `out_path`, for onnxruntime; with `keep_sampling_f32` the tagged sampling nodes stay in
+    float32 (see the module docstring). Returns `out_path`.
     """
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -194,5 +193,43 @@ def float16_onnx(path: str, out_path: str, keep_sampling_f32: bool = False) -> s
     model = onnx.load(path)
     blocked = sampling_nodes(model) if keep_sampling_f32 else None
     converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=blocked)
+    if keep_sampling_f32:
+        _drop_float16_round_trips(converted)
     onnx.save(converted, out_path)
     return out_path
+
+
+def _drop_float16_round_trips(model) -> int:
+    """
+    Let every ``Cast(Cast(x, to=float16), to=float32)`` of a float32 `x` read `x` itself and
+    remove the Casts nobody reads any more. Returns the number of round trips removed.
+    """
+    import onnx
+
+    graph = model.graph
+    types = _tensor_types(onnx.shape_inference.infer_shapes(model).graph)
+    producer = {output: node for node in graph.node for output in node.output}
+
+    def cast_to(node):
+        if node is None or node.op_type != "Cast":
+            return None
+        return next(a.i for a in node.attribute if a.name == "to")
+
+    source = {}  # float32 round trip's output -> the float32 tensor it came from
+    for node in graph.node:
+        first = producer.get(node.input[0]) if node.input else None
+        if (cast_to(node) == onnx.TensorProto.FLOAT
+                and cast_to(first) == onnx.TensorProto.FLOAT16
+                and _is_float(types, first.input[0])):
+            source[node.output[0]] = first.input[0]
+    for node in graph.node:
+        node.input[:] = [source.get(name, name) for name in node.input]
+    while True:  # drop the Casts nobody reads (the converter's nodes are not in order)
+        needed = {o.name for o in graph.output} | {i for node in graph.node for i in node.input}
+        kept = [node for node in graph.node
+                if node.op_type != "Cast" or any(o in needed for o in node.output)]
+        if len(kept) == len(graph.node):
+            break
+        del graph.node[:]
+        graph.node.extend(kept)
+    return len(source)

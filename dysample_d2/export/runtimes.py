@@ -76,8 +76,8 @@ def load_runtime(name: str, fmt: str, path: str, threads: int = 0, precision: st
     Args:
         threads: intra-op threads (0: the runtime's default).
         precision: inference precision, one of ``PRECISIONS[name]`` ("f32" for torch).
-        keep_sampling_f32: OpenVINO at bf16 / f16: keep DySample's tagged sampling nodes in
-            float32 (onnxruntime's f16 model is converted whole, see :func:`float16_onnx`).
+        keep_sampling_f32: at bf16 / f16, keep DySample's tagged sampling nodes in float32
+            (OpenVINO: :func:`openvino_model`; onnxruntime: :func:`float16_onnx`).
 
     Returns:
         run(image Tensor[3, H, W]) -> list of numpy arrays, the export's outputs.
@@ -88,7 +88,7 @@ def load_runtime(name: str, fmt: str, path: str, threads: int = 0, precision: st
         raise ExportError(f"runtime {name} has no precision {precision!r} (allowed: "
                           f"{', '.join(allowed)})")
     if name == "onnxruntime":
-        return _onnxruntime(path, threads, precision)
+        return _onnxruntime(path, threads, precision, keep_sampling_f32)
     if name == "openvino":
         return _openvino(path, fmt, threads, precision, keep_sampling_f32)
     module = torch.jit.load(path) if fmt == "torchscript" else torch.export.load(path).module()
@@ -100,14 +100,15 @@ def load_runtime(name: str, fmt: str, path: str, threads: int = 0, precision: st
     return run
 
 
-def _onnxruntime(path, threads, precision):
+def _onnxruntime(path, threads, precision, keep_sampling_f32):
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
-    if precision == "f16":  # converted whole: the converter's block list adds drift
+    if precision == "f16":
         with tempfile.TemporaryDirectory() as directory:
-            converted = float16_onnx(path, os.path.join(directory, "model_fp16.onnx"))
+            converted = float16_onnx(path, os.path.join(directory, "model_fp16.onnx"),
+                                     keep_sampling_f32)
             session = onnxruntime.InferenceSession(converted, options,
                                                    providers=["CPUExecutionProvider"])
     else:

@@ -1,5 +1,5 @@
 from .backend import SAMPLERS, active_sampler, sampler
 from .dysample import DEFAULTS, DySample, check_dysample_arguments
-from .gather import grid_sample_gather
+from .gather import sample_gather
 
-__all__ = ["DySample", "DEFAULTS", "check_dysample_arguments", "SAMPLERS", "active_sampler", "sampler", "grid_sample_gather"]
+__all__ = ["DySample", "DEFAULTS", "check_dysample_arguments", "SAMPLERS", "active_sampler", "sampler", "sample_gather"]

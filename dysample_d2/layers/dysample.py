@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backend import grid_dtype, plain_ops, sampler_for, tracing
-from .gather import grid_sample_gather
+from .gather import sample_gather
 from .sampling import kernel_forward, use_kernel
 
 __all__ = ["DySample", "DEFAULTS", "STYLES", "check_dysample_arguments"]
@@ -179,11 +179,25 @@ class DySample(nn.Module):
             offset = F.pixel_shuffle(offset, self.scale)
         return offset
 
+    def sampling_offsets(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """
+        `offsets` of every group at output size `size` (Ho, Wo), in `grid_dtype` (float32, or
+        float64 for float64 inputs) whatever the input dtype.
+
+        Returns:
+            Tensor[B, groups, Ho, Wo, 2]: (x, y) offsets in input pixels.
+        """
+        b = x.shape[0]
+        out_h, out_w = size
+        # offsets of the s*H x s*W output, cropped to the requested size (a view at s*H x s*W)
+        offset = self.offsets(x).to(grid_dtype(x.dtype))[..., :out_h, :out_w]
+        # [B, 2, G, Ho, Wo] -> [B, G, Ho, Wo, 2]
+        return offset.reshape(b, 2, self.groups, out_h, out_w).permute(0, 2, 3, 4, 1)
+
     def sampling_grid(self, x: torch.Tensor, size: Optional[Sequence[int]] = None) -> torch.Tensor:
         """
-        grid_sample grid of every group, normalized to [-1, 1], in `grid_dtype` (float32, or
-        float64 for float64 inputs) whatever the input dtype, so half inputs keep sub-pixel
-        precision.
+        grid_sample grid of every group, normalized to [-1, 1], in `grid_dtype` whatever the
+        input dtype, so half inputs keep sub-pixel precision.
 
         Args:
             size ((Ho, Wo), optional): output size (see `forward`); default (s*H, s*W).
@@ -194,10 +208,7 @@ class DySample(nn.Module):
         b, _, h, w = x.shape
         gdt = grid_dtype(x.dtype)
         out_h, out_w = (self.scale * h, self.scale * w) if size is None else size
-        # offsets of the s*H x s*W output, cropped to the requested size (a view at s*H x s*W)
-        offset = self.offsets(x).to(gdt)[..., :out_h, :out_w]
-        # [B, 2, G, Ho, Wo] -> [B, G, Ho, Wo, 2]
-        offset = offset.reshape(b, 2, self.groups, out_h, out_w).permute(0, 2, 3, 4, 1)
+        offset = self.sampling_offsets(x, (out_h, out_w))
         if plain_ops():  # sizes may be traced or symbolic: no cache
             base = _base_grid(out_h, out_w, x.device, gdt)
         else:
@@ -235,12 +246,13 @@ class DySample(nn.Module):
             return kernel_forward(self, x, base, add_to, out_size)
         # the reference formulation: conv2d + grid_sample (or its gather form)
         b, c, h, w = x.shape
-        grid = self.sampling_grid(x, out_size)
         # Sample in the grid's precision; grid_sample needs input and grid of one dtype.
-        x_groups = x.reshape(b * self.groups, c // self.groups, h, w).to(grid.dtype)
+        x_groups = x.reshape(b * self.groups, c // self.groups, h, w).to(grid_dtype(x.dtype))
         if sampler_for(x) == "gather":
-            sampled = grid_sample_gather(x_groups, grid)
+            offset = self.sampling_offsets(x, out_size)
+            sampled = sample_gather(x_groups, offset.reshape(b * self.groups, *out_size, 2))
         else:
+            grid = self.sampling_grid(x, out_size)
             sampled = F.grid_sample(
                 x_groups, grid, mode="bilinear", padding_mode="border", align_corners=False
             )

@@ -1,53 +1,71 @@
 """
-Bilinear sampling written as gathers and arithmetic, for graphs without GridSample.
+DySample's bilinear sampling written as gathers and arithmetic, for graphs without GridSample.
 
-``grid_sample_gather(x, grid)`` equals ``F.grid_sample(x, grid, mode="bilinear",
-padding_mode="border", align_corners=False)`` within rounding: the same unnormalization
-``((g + 1) * size - 1) / 2``, the same clamp to ``[0, size - 1]`` (and no gradient through a
-clamped or border coordinate, as grid_sample), the same corner weights and their sum in the
-same order. It uses only Floor, Clip, Where, Gather, Cast and elementwise ops, so DySample
-exports to ONNX at opsets 11-20 (GridSample arrived in opset 16) and runs in runtimes that
-lack GridSample or run it off their accelerators.
+``sample_gather(x, offset)`` reads ``x`` where bilinear resizing to the offset's size reads it
+(align_corners=False), moved by ``offset`` input pixels: what DySample's ``grid_sample``
+(padding "border") reads at ``base + offset * 2 / size``, equal within rounding, with the same
+gradients (none through a clamped or border coordinate, as grid_sample's).
 
-Layout: the input is viewed channels-last, ``[N * H * W, C]``, and each of the four corners is
-one row gather over it (ONNX Gather on axis 0): the index tensors hold one entry per output
-pixel, not per channel. Sizes are read from tensor shapes, so a traced graph stays dynamic.
+Each position is held as an integer pixel plus a small fraction: the pixel comes from integer
+arithmetic on the output index, the fraction from the learned offset. A low-precision runtime
+(bfloat16 keeps 8 significant bits) then rounds only the fraction, where a normalised grid
+value, or a pixel coordinate in the hundreds, would move by a sizeable part of a pixel.
+
+It uses only Range, integer and elementwise ops, Floor, Where, Gather and Cast, so DySample
+exports to ONNX at opsets 11-20 (GridSample arrived in opset 16). Layout: the input is viewed
+channels-last, ``[N * H * W, C]``, and each of the four corners is one row gather over it:
+the index tensors hold one entry per output pixel, not per channel. Sizes are read from
+tensor shapes, so a traced graph stays dynamic.
 """
 import torch
 
-__all__ = ["grid_sample_gather"]
+__all__ = ["sample_gather"]
+
+_FAR = 2.0**20  # |fractions| beyond this (and NaN) are out of any image: clamped
 
 
-def _source_coordinate(g: torch.Tensor, size) -> torch.Tensor:
-    """grid_sample's input coordinate of normalized ``g``, clamped to [0, size - 1] (border);
-    a clamped coordinate, or one exactly on the border, passes no gradient, as grid_sample's.
-    A NaN coordinate becomes 0 (it reads the first pixel, never outside the input)."""
-    coord = ((g + 1) * size - 1) / 2
-    coord = torch.where(coord > 0, coord, torch.zeros_like(coord))
-    return torch.where(coord < size - 1, coord, coord.detach().clamp(max=size - 1))
+def _axis(offset: torch.Tensor, size, out_size, shape):
+    """
+    Corners and weights along one axis. Output index ``o`` of ``out_size`` reads input
+    coordinate ``(o + 0.5) * size / out_size - 0.5 + offset``, clamped to [0, size - 1].
+
+    Returns:
+        (i0, i1, frac): integer corners and the weight of i1 (the weight of i0 is 1 - frac).
+    """
+    o = torch.arange(out_size, device=offset.device).view(shape)
+    scaled = (2 * o + 1) * size  # the coordinate + 0.5, times 2 * out_size: an integer
+    pixel = torch.div(scaled, 2 * out_size, rounding_mode="trunc")
+    rest = scaled - pixel * (2 * out_size)  # in [0, 2 * out_size)
+    t = rest.to(offset.dtype) / (2 * out_size) - 0.5 + offset
+    t = torch.where(t > -_FAR, t, -_FAR)  # NaN too: it reads the first pixel
+    t = torch.where(t < _FAR, t, _FAR)
+    whole = t.floor()
+    frac = t - whole
+    i0 = pixel + whole.long()
+    last = size - 1
+    # the coordinate strictly inside (0, last): elsewhere clamped, with no gradient
+    inside = ((i0 > 0) | ((i0 == 0) & (frac > 0))) & (i0 < last)
+    frac = torch.where(inside, frac, torch.zeros_like(frac))
+    i0 = torch.where(i0 > 0, i0, torch.zeros_like(i0))
+    i0 = torch.where(i0 < last, i0, torch.zeros_like(i0) + last)
+    i1 = torch.where(i0 < last, i0 + 1, i0)
+    return i0, i1, frac
 
 
-def grid_sample_gather(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+def sample_gather(x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     """
     Args:
         x (Tensor[N, C, H, W])
-        grid (Tensor[N, Ho, Wo, 2]): normalized (x, y) positions, as for ``F.grid_sample``;
-            same dtype as x.
+        offset (Tensor[N, Ho, Wo, 2]): (x, y) offsets in input pixels from the positions
+            bilinear resizing to Ho x Wo reads; same dtype as x.
 
     Returns:
-        Tensor[N, C, Ho, Wo]: bilinear samples, padding "border", align_corners=False.
+        Tensor[N, C, Ho, Wo]: bilinear samples, padding "border".
     """
     n, c, h, w = x.shape
-    ix = _source_coordinate(grid[..., 0], w)  # [N, Ho, Wo]
-    iy = _source_coordinate(grid[..., 1], h)
-    x0f, y0f = ix.floor(), iy.floor()
-    # corner weights as grid_sample forms them: (next corner - coordinate), (coordinate - corner)
-    wx0, wx1 = (x0f + 1) - ix, ix - x0f
-    wy0, wy1 = (y0f + 1) - iy, iy - y0f
-    # integer corners (clamped as floats: ONNX clips integers only from opset 12); a corner
-    # past the last row or column has weight 0
-    x0, x1 = x0f.long(), (x0f + 1).clamp(max=w - 1).long()
-    y0, y1 = y0f.long(), (y0f + 1).clamp(max=h - 1).long()
+    out_h, out_w = offset.shape[1], offset.shape[2]
+    x0, x1, fx = _axis(offset[..., 0], w, out_w, (1, 1, -1))  # [N, Ho, Wo]
+    y0, y1, fy = _axis(offset[..., 1], h, out_h, (1, -1, 1))
     image = torch.arange(n, device=x.device).view(-1, 1, 1) * h  # first row of each image
     rows = x.permute(0, 2, 3, 1).reshape(-1, c)  # [N * H * W, C]
 
@@ -55,6 +73,7 @@ def grid_sample_gather(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         values = rows.index_select(0, ((image + yi) * w + xi).flatten())  # [N * Ho * Wo, C]
         return values * weight.reshape(-1, 1)
 
-    out = (corner(y0, x0, wx0 * wy0) + corner(y0, x1, wx1 * wy0)
-           + corner(y1, x0, wx0 * wy1) + corner(y1, x1, wx1 * wy1))
-    return out.view(n, grid.shape[1], grid.shape[2], c).permute(0, 3, 1, 2).contiguous()
+    gx, gy = 1 - fx, 1 - fy
+    out = (corner(y0, x0, gx * gy) + corner(y0, x1, fx * gy)
+           + corner(y1, x0, gx * fy) + corner(y1, x1, fx * fy))
+    return out.view(n, out_h, out_w, c).permute(0, 3, 1, 2).contiguous()
