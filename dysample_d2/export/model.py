@@ -47,7 +47,9 @@ def pad_image(x: torch.Tensor, backbone: nn.Module) -> torch.Tensor:
     divisibility, as ``ImageList.from_tensors`` pads one image. While tracing, through
     ``ImageList`` (which records the padding from tensor sizes); otherwise with integer
     sizes, which torch.export keeps symbolic (``ImageList`` computes them in tensors, whose
-    values torch.export cannot see).
+    values torch.export cannot see). The padded size is written ``ceil(h / d) * d``, a
+    multiple of ``d`` torch.export can see as one: from ``h + (-h) % d`` it cannot prove the
+    strided convolutions' output sizes.
     """
     constraints = backbone.padding_constraints or {}
     if torch.jit.is_tracing() or constraints.get("square_size", 0) > 0:
@@ -56,7 +58,9 @@ def pad_image(x: torch.Tensor, backbone: nn.Module) -> torch.Tensor:
         ).tensor
     divisor = max(constraints.get("size_divisibility", backbone.size_divisibility), 1)
     h, w = x.shape[-2:]
-    return F.pad(x, (0, (-w) % divisor, 0, (-h) % divisor))[None]
+    padded_h = (h + divisor - 1) // divisor * divisor
+    padded_w = (w + divisor - 1) // divisor * divisor
+    return F.pad(x, (0, padded_w - w, 0, padded_h - h))[None]
 
 
 def _inference_func(model):

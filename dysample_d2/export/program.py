@@ -2,9 +2,13 @@
 torch.export of DySample-FPN models, with dynamic height and width.
 
 The backbone (:class:`~dysample_d2.export.model.BackboneExport`) exports; its input height
-and width are symbolic multiples of the backbone's size divisibility (32 for FPNs), at least
-3 of them: torch.export proves the stride-2 convolutions' output sizes only for padded
-sizes, and a 1-pixel level (p6 of a 64-pixel side) would specialise the graph.
+and width are free symbolic sizes, padded inside the program to a multiple of the backbone's
+size divisibility (32 for FPNs) as the model pads them, so a program (also one saved to .pt2
+and loaded again) takes any size from 65 to 8192 pixels for FPNs. The padded side must be at
+least 3 multiples (96 pixels): a 1-pixel level (p6 of a 64-pixel padded side) would
+specialise the graph. Declaring the input sizes as multiples instead (``32 * Dim(...)``)
+exports too, but a saved and loaded program with such derived sizes fails in torch's
+``run_decompositions`` ("expected sympy.Symbol"), which OpenVINO's converter runs.
 
 Whole R-CNNs do not export: Detectron2's heads branch in Python on tensor values
 (``find_top_rpn_proposals``: ``if not valid_mask.all()`` and ``keep.sum().item()``;
@@ -28,25 +32,30 @@ from .tracing import _failing_module, _first_line, _quiet_tracing
 
 __all__ = ["MIN_STEPS", "export_program", "check_program_size"]
 
-MIN_STEPS = 3  # smallest exported side, in multiples of the size divisibility
-MAX_STEPS = 256
+MIN_STEPS = 3  # smallest padded side, in multiples of the size divisibility
+MAX_STEPS = 256  # largest side, in multiples of the size divisibility
 
 
 def _backbone(module: nn.Module) -> nn.Module:
     return module.backbone if isinstance(module, BackboneExport) else module.model.backbone
 
 
+def _size_range(module: nn.Module) -> tuple:
+    """(smallest, largest) height and width, in pixels, an exported program takes."""
+    divisor = max(_backbone(module).size_divisibility, 1)
+    return (MIN_STEPS - 1) * divisor + 1, MAX_STEPS * divisor
+
+
 def check_program_size(module: nn.Module, height: int, width: int) -> None:
     """ExportError unless an exported program of `module` takes an image of this size."""
+    low, high = _size_range(module)
     divisor = max(_backbone(module).size_divisibility, 1)
-    for side in (height, width):
-        if side % divisor or not MIN_STEPS <= side // divisor <= MAX_STEPS:
-            raise ExportError(
-                f"torch.export programs take images whose height and width are multiples of "
-                f"{divisor} from {MIN_STEPS * divisor} to {MAX_STEPS * divisor}, got "
-                f"{height}x{width}: pad the image (bottom and right, zeros after "
-                "normalisation), as the model pads it"
-            )
+    if not (low <= height <= high and low <= width <= high):
+        raise ExportError(
+            f"torch.export programs take images whose height and width are from {low} to "
+            f"{high} pixels (any size between; padded inside to multiples of {divisor}), got "
+            f"{height}x{width}"
+        )
 
 
 @contextlib.contextmanager
@@ -73,16 +82,17 @@ def _padding_with_integer_sizes(module: nn.Module):
 def export_program(module: nn.Module, image: torch.Tensor) -> torch.export.ExportedProgram:
     """
     torch.export `module` (BackboneExport, or a TracingAdapter of a whole model) with input
-    ``image`` [3, H, W]; H and W are dynamic (see the module docstring).
+    ``image`` [3, H, W]; H and W are dynamic, any size :func:`check_program_size` accepts
+    (see the module docstring).
 
     Raises:
         ExportError: naming the module and source line torch.export could not record.
     """
     check_program_size(module, *image.shape[1:])
-    divisor = max(_backbone(module).size_divisibility, 1)
-    height = Dim("height", min=MIN_STEPS, max=MAX_STEPS)
-    width = Dim("width", min=MIN_STEPS, max=MAX_STEPS)
-    shapes = ({1: divisor * height, 2: divisor * width},)
+    low, high = _size_range(module)
+    # free sizes, not multiples (divisor * Dim): a saved program with derived sizes does not
+    # load into torch's decompositions (and so not into OpenVINO)
+    shapes = ({1: Dim("height", min=low, max=high), 2: Dim("width", min=low, max=high)},)
     if isinstance(module, TracingAdapter):  # forward(*args): one entry for all the args
         shapes = (shapes,)
     try:
