@@ -59,7 +59,7 @@ PROFILED_SCOPE = "fpn_upsample"
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--size", type=int, nargs=2, default=(800, 1344), metavar=("H", "W"),
-                        help="run size (multiples of 32: torch.export programs take those)")
+                        help="run size")
     parser.add_argument("--export-size", type=int, nargs=2, default=(224, 320),
                         metavar=("H", "W"), help="size the exports are made at")
     parser.add_argument("--repeats", type=int, default=7)

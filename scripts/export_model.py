@@ -14,7 +14,7 @@ in a runtime against eager, at the export size and at another size.
 
 Writes DIR/model.ts, DIR/model.onnx or DIR/model.pt2 (DIR/backbone.* with --backbone-only).
 Input of the exported model: one image, float32 [3, H, W] in cfg.INPUT.FORMAT (0-255), any
-H, W (torch.export programs: multiples of 32, at least 96). Outputs of the full model: a tuple
+H, W (torch.export programs and --dynamo files: 65 to 8192). Outputs of the full model: a tuple
 of tensors, Detectron2's ``Instances`` fields before post-processing (boxes in input-image
 pixels); of the backbone: p2..p6. The script exports on --input (resized as DefaultPredictor
 does) or on a random image of --size, then runs the written file in --runtime and compares
@@ -141,12 +141,12 @@ def trace_image(cfg, args) -> torch.Tensor:
 
 
 def check_size(args, image) -> tuple:
-    """The second size: --check-size, or about 3/4 H x 5/4 W (multiples of 32 for programs)."""
+    """The second size: --check-size, or about 3/4 H x 5/4 W (at least 96 for programs)."""
     if args.check_size:
         return tuple(args.check_size)
     h, w = max(32, image.shape[1] * 3 // 4), image.shape[2] * 5 // 4
-    if args.format == "export" or args.dynamo:  # programs take padded sizes only
-        h, w = (max(96, -(-side // 32) * 32) for side in (h, w))
+    if args.format == "export" or args.dynamo:  # programs take sides from 65 pixels
+        h, w = max(96, h), max(96, w)
     return h, w
 
 

@@ -314,9 +314,10 @@ def test_dynamo_check_sizes_are_ones_programs_take():
 
     script = load_script("export_model")
     args = argparse.Namespace(check_size=None, format="onnx", dynamo=True)
-    assert script.check_size(args, image(192, 192)) == (160, 256)  # not 144x240
-    args.dynamo = False
     assert script.check_size(args, image(192, 192)) == (144, 240)
+    assert script.check_size(args, image(64, 64)) == (96, 96)  # programs: sides from 65
+    args.dynamo = False
+    assert script.check_size(args, image(64, 64)) == (48, 80)
 
 
 def test_cli_failed_check_leaves_no_file_and_says_one_line(tmp_path, capsys, monkeypatch):

@@ -54,7 +54,7 @@ def export_onnx(module: nn.Module, image: torch.Tensor, path: str, opset: int = 
     Args:
         opset: default ONNX_OPSET (DYNAMO_OPSET with ``dynamo``).
         sampler: "auto", "gridsample" or "gather" (see :mod:`.samplers`).
-        dynamo: the torch.export-based exporter (H and W multiples of the size divisibility).
+        dynamo: the torch.export-based exporter (H and W as torch.export programs take them).
 
     Returns:
         list[str]: the output names.

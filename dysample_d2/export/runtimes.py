@@ -152,6 +152,5 @@ def _openvino_model(openvino, path):
     except Exception as e:  # OpenVINO's frontend lists the ops it has no conversion for
         lines = [line.strip() for line in str(e).splitlines() if "No conversion rule" in line]
         why = lines[0] if lines else str(e).splitlines()[0]
-        raise ExportError(f"OpenVINO cannot convert the torch.export program: {why}; convert "
-                          "the program in memory (openvino.convert_model) or run the export "
-                          "written as ONNX (--format onnx --dynamo)") from e
+        raise ExportError(f"OpenVINO cannot convert the torch.export program: {why}; run the "
+                          "export written as ONNX (--format onnx --dynamo)") from e
