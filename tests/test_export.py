@@ -13,6 +13,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from detectron2.export import TracingAdapter
 from detectron2.modeling import build_model
 
@@ -236,29 +237,62 @@ def test_onnx_op_without_conversion_is_named(tmp_path):
         export_onnx(adapter, x, str(tmp_path / "fft.onnx"))
 
 
-def test_traced_batch_of_two_sizes_matches_eager_at_another_batch():
-    """A Mask R-CNN traced on two images of different sizes (padded together by ImageList)
-    and run on two others: the same boxes, scores and masks as eager on the same sampler."""
+def scene(height, width, seed=0):
+    """A 0-255 image of a vertical gradient and six filled ellipses: smooth regions and edges."""
+    generator = torch.Generator().manual_seed(seed)
+    ys = torch.linspace(0, 1, height).view(1, -1, 1)
+    xs = torch.linspace(0, 1, width).view(1, 1, -1)
+    top, bottom = (torch.rand(3, 1, 1, generator=generator) * 255 for _ in range(2))
+    result = (top + (bottom - top) * ys).expand(3, height, width)
+    for _ in range(6):
+        cy, cx, ry, rx = torch.rand(4, generator=generator).tolist()
+        inside = ((ys - cy) / (0.1 + 0.2 * ry)) ** 2 + ((xs - cx) / (0.1 + 0.2 * rx)) ** 2 <= 1
+        result = torch.where(inside, torch.rand(3, 1, 1, generator=generator) * 255, result)
+    return result.contiguous()
+
+
+def check_traced_batch(trace_images, run_images):
+    """A Mask R-CNN traced through TracingAdapter on a batch of `trace_images` and run on
+    `run_images`: the same boxes, scores, classes and masks as eager on the same sampler,
+    within Detectron2's tolerance (assert_instances_allclose) and this file's."""
+    from detectron2.utils.testing import assert_instances_allclose
+
     from dysample_d2.layers import sampler
 
     model = tiny_model("quickstart/mask_rcnn_R_50_DySample_FPN_tiny.yaml")
 
-    def inference(m, inputs):
-        return m.inference(inputs, do_postprocess=False)
+    def inference(m, *images):
+        return m.inference([{"image": x} for x in images], do_postprocess=False)
 
-    traced_on = [{"image": image(64, 96, seed=1)}, {"image": image(128, 160, seed=2)}]
-    run_on = [{"image": image(200, 100, seed=3)}, {"image": image(50, 70, seed=4)}]
     with sampler("gridsample"), torch.no_grad():
-        adapter = TracingAdapter(model, traced_on, inference)
-        traced = trace_model(adapter, adapter.flattened_inputs)
-        expected = model.inference(run_on, do_postprocess=False)
-        flat = TracingAdapter(model, run_on, inference).flattened_inputs
-        actual = adapter.outputs_schema(traced(*flat))
+        adapter = TracingAdapter(model, tuple(run_images), inference).eval()
+        traced = trace_model(adapter, tuple(trace_images))
+        expected = inference(model, *run_images)
+        actual = adapter.outputs_schema(traced(*run_images))
     for i, (e, a) in enumerate(zip(expected, actual)):
         assert len(e) > 0 and len(e) == len(a), f"image {i}: {len(e)} vs {len(a)} detections"
+        assert_instances_allclose(e, a, size_as_tensor=True, msg=f"image {i}:")
         torch.testing.assert_close(a.pred_boxes.tensor, e.pred_boxes.tensor, atol=1e-4, rtol=0)
         torch.testing.assert_close(a.scores, e.scores, atol=1e-5, rtol=0)
         torch.testing.assert_close(a.pred_masks, e.pred_masks, atol=1e-5, rtol=0)
+
+
+def test_traced_batch_of_two_sizes_matches_eager_at_another_batch():
+    """Traced on two images of different sizes (padded together by ImageList), run on two
+    others of other sizes."""
+    check_traced_batch([image(64, 96, seed=1), image(128, 160, seed=2)],
+                       [image(200, 100, seed=3), image(50, 70, seed=4)])
+
+
+def test_traced_batch_of_resized_clones_matches_eager_on_the_clones():
+    """Detectron2's batched export test (testMaskRCNNFPN_batched): two clones of one image,
+    traced on each resized by its own factor in 0.5..0.7 (two sizes, padded together to
+    96x160), run on the clones at full size (128x192: every FPN level another size)."""
+    x = scene(128, 192)
+    clones = (x.clone(), x.clone())
+    resized = [F.interpolate(c[None], scale_factor=f)[0] for c, f in zip(clones, (0.55, 0.68))]
+    assert [tuple(r.shape[-2:]) for r in resized] == [(70, 105), (87, 130)]
+    check_traced_batch(resized, clones)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
