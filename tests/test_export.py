@@ -334,7 +334,7 @@ def test_auto_sampler_per_runtime(runtime, opset, expected):
     assert resolve_sampler("gather", opset, runtime) == "gather"
 
 
-def test_auto_sampler_for_openvino_follows_its_default_precision(monkeypatch):
+def test_auto_sampler_for_openvino_follows_the_cpu_and_its_default_precision(monkeypatch):
     from dysample_d2.export import resolve_sampler, samplers
 
     monkeypatch.setattr(samplers, "_openvino_prefers_gather", lambda: False)

@@ -5,12 +5,11 @@ Which bilinear sampling DySample exports with, and at which ONNX opsets.
 ``align_corners=False``, border-padding bilinear written as gathers and arithmetic
 (``dysample_d2.layers.gather``), for opsets 11-15 and runtimes without a usable GridSample.
 "auto": gather below opset 16; from opset 16 the faster export for the runtime it targets
-(:func:`resolve_sampler`'s ``runtime``): gathers for onnxruntime (DySample-FPN / nearest-FPN
-x1.09 against GridSample's x1.21, docs/deployment.md), GridSample for OpenVINO, whose default
-inference precision on CPUs with bfloat16 units is bf16 and which keeps only the GridSample
-export's sampling coordinates in float32 there (:mod:`.precision`); gathers for OpenVINO on
-AMD CPUs that run f32 by default (x1.08 against x1.16); GridSample otherwise (one kernel in GPU
-runtimes). The eager model a check compares with
+(:func:`resolve_sampler`'s ``runtime``; latency tables in docs/deployment.md): gathers for
+onnxruntime; for OpenVINO gathers where it runs float32 by default on an AMD CPU, GridSample
+at bf16 (the default on CPUs with bfloat16 units) and on Intel CPUs; GridSample otherwise
+(one kernel in GPU runtimes). At bf16 and f16 both exports drift from float32 about as
+nearest-FPN's does (:mod:`.precision`). The eager model a check compares with
 runs in the same sampler (``with dysample_d2.layers.sampler(name):``), so both sides do the
 same arithmetic.
 """
@@ -64,7 +63,8 @@ def resolve_sampler(name: str, opset=None, runtime=None) -> str:
 
 
 def _openvino_prefers_gather() -> bool:
-    """OpenVINO's CPU plugin on an AMD CPU whose default inference precision is f32."""
+    """OpenVINO's CPU plugin on an AMD CPU whose default inference precision is f32 (at bf16
+    the GridSample export is the faster)."""
     try:
         import openvino
 
