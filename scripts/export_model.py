@@ -121,6 +121,10 @@ def check_arguments(args) -> str:
     if args.precision not in allowed:
         raise ExportError(f"--precision {args.precision}: runtime {args.runtime} checks at "
                           f"{', '.join(allowed)}")
+    if args.runtime == "onnxruntime" and args.precision == "f16" and not args.backbone_only:
+        raise ExportError("--precision f16 in onnxruntime checks the backbone only: onnxruntime's "
+                          "float16 converter writes an invalid graph for whole R-CNNs (their If "
+                          "subgraphs); add --backbone-only, or check the whole model at f32")
     runtime = None if args.runtime == "none" else args.runtime
     return resolve_sampler(args.sampler, args.opset if onnx else None, runtime)
 

@@ -126,6 +126,7 @@ def run_script(*args):
     (["--format", "export", "--runtime", "onnxruntime"], "does not run the export format"),
     (["--format", "export", "--runtime", "executorch"], "requires numpy >= 2"),
     (["--format", "onnx", "--export-method", "scripting"], "use --format torchscript"),
+    (["--format", "onnx", "--precision", "f16"], "checks the backbone only"),
 ])
 def test_cli_refuses_impossible_combinations_before_building(tmp_path, capsys, args, message):
     config = config_path("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
