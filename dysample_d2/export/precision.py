@@ -1,11 +1,11 @@
 """
 Low-precision inference of ONNX exports: DySample's sampling coordinates kept in float32.
 
-DySample's GridSample export samples at ``grid = base + offset * (2/W, 2/H)``, in [-1, 1]. In bfloat16
-(8 significant bits) a grid value near 1 is off by up to 2^-8, which at a 336-pixel-wide level
-is 0.65 px; in float16, 0.08 px. Nearest upsampling has no coordinates to lose, so a
-DySample-FPN that runs the grid in low precision drifts further from float32 than its
-nearest twin. What this module does about it:
+DySample's GridSample export samples at ``grid = base + offset * (2/W, 2/H)``, in [-1, 1].
+In bfloat16 (8 significant bits) a grid value near 1 is off by up to 2^-8, which at a
+336-pixel-wide level is 0.65 px; in float16, 0.08 px. Nearest upsampling has no coordinates
+to lose, so a DySample-FPN that runs the grid in low precision drifts further from float32
+than its nearest twin. What this module does about it:
 
 * :func:`tag_sampling_nodes` (run by :func:`~dysample_d2.export.export_onnx` on every
   TorchScript-based export): the nodes of each DySample module, except its offset and scope
@@ -199,10 +199,10 @@ def float16_onnx(path: str, out_path: str, keep_sampling_f32: bool = True) -> st
     return out_path
 
 
-def _drop_float16_round_trips(model) -> int:
+def _drop_float16_round_trips(model) -> None:
     """
     Let every ``Cast(Cast(x, to=float16), to=float32)`` of a float32 `x` read `x` itself and
-    remove the Casts nobody reads any more. Returns the number of round trips removed.
+    remove the Casts nobody reads any more.
     """
     import onnx
 
@@ -232,4 +232,3 @@ def _drop_float16_round_trips(model) -> int:
             break
         del graph.node[:]
         graph.node.extend(kept)
-    return len(source)

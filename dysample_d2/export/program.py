@@ -41,15 +41,15 @@ def _backbone(module: nn.Module) -> nn.Module:
 
 
 def _size_range(module: nn.Module) -> tuple:
-    """(smallest, largest) height and width, in pixels, an exported program takes."""
+    """(smallest, largest) height and width, in pixels, an exported program takes, and the
+    size divisibility it pads them to."""
     divisor = max(_backbone(module).size_divisibility, 1)
-    return (MIN_STEPS - 1) * divisor + 1, MAX_STEPS * divisor
+    return (MIN_STEPS - 1) * divisor + 1, MAX_STEPS * divisor, divisor
 
 
 def check_program_size(module: nn.Module, height: int, width: int) -> None:
     """ExportError unless an exported program of `module` takes an image of this size."""
-    low, high = _size_range(module)
-    divisor = max(_backbone(module).size_divisibility, 1)
+    low, high, divisor = _size_range(module)
     if not (low <= height <= high and low <= width <= high):
         raise ExportError(
             f"torch.export programs take images whose height and width are from {low} to "
@@ -89,7 +89,7 @@ def export_program(module: nn.Module, image: torch.Tensor) -> torch.export.Expor
         ExportError: naming the module and source line torch.export could not record.
     """
     check_program_size(module, *image.shape[1:])
-    low, high = _size_range(module)
+    low, high, _ = _size_range(module)
     # free sizes, not multiples (divisor * Dim): a saved program with derived sizes does not
     # load into torch's decompositions (and so not into OpenVINO)
     shapes = ({1: Dim("height", min=low, max=high), 2: Dim("width", min=low, max=high)},)
