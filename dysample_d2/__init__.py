@@ -2,11 +2,14 @@
 from .config import add_dysample_config
 from .layers import DySample
 from .modeling import (
+    CarafeFPN,
     DySampleFPN,
     DySampleSemSegFPNHead,
     DySampleSimpleFeaturePyramid,
+    build_resnet_carafe_fpn_backbone,
     build_resnet_dysample_fpn_backbone,
     build_retinanet_resnet_dysample_fpn_backbone,
+    to_carafe_fpn,
     to_dysample,
 )
 

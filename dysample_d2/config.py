@@ -9,13 +9,20 @@ DYSAMPLE_SITES = {
     "MODEL.FPN.DYSAMPLE": (
         "MODEL.FPN.OUT_CHANNELS",
         ("MODEL.BACKBONE.NAME", ("build_resnet_dysample_fpn_backbone",
-                                 "build_retinanet_resnet_dysample_fpn_backbone")),
+                                 "build_retinanet_resnet_dysample_fpn_backbone",
+                                 "build_resnet_carafe_fpn_backbone")),
     ),
     "MODEL.SEM_SEG_HEAD.DYSAMPLE": (
         "MODEL.SEM_SEG_HEAD.CONVS_DIM",
         ("MODEL.SEM_SEG_HEAD.NAME", ("DySampleSemSegFPNHead",)),
     ),
 }
+
+
+# The upsamplers MODEL.FPN.UPSAMPLER selects in the CARAFE-layout FPN
+# (build_resnet_carafe_fpn_backbone); each makes the full 2H x 2W map.
+CARAFE_FPN_UPSAMPLERS = ("dysample", "nearest")
+CARAFE_FPN_BACKBONES = ("build_resnet_carafe_fpn_backbone",)
 
 
 def _add_site_keys(node):
@@ -38,15 +45,23 @@ def add_dysample_config(cfg):
 
     MODEL.FPN.DYSAMPLE.*:          the upsamplers of DySample-FPN's top-down pathway
                                    (MODEL.BACKBONE.NAME build_resnet_dysample_fpn_backbone or
-                                   build_retinanet_resnet_dysample_fpn_backbone).
+                                   build_retinanet_resnet_dysample_fpn_backbone,
+                                   or build_resnet_carafe_fpn_backbone with
+                                   MODEL.FPN.UPSAMPLER "dysample").
     MODEL.SEM_SEG_HEAD.DYSAMPLE.*: the 2x upsamplers of the semantic FPN head's scale heads
                                    (MODEL.SEM_SEG_HEAD.NAME DySampleSemSegFPNHead).
+
+    MODEL.FPN.UPSAMPLER:           "dysample" or "nearest", the upsampler of the
+                                   CARAFE-layout FPN's top-down steps.
 
     Each node has STYLE ("lp" or "pl"), GROUPS (must divide the site's channels), DYSCOPE
     (False: DySample, True: DySample+) and SCOPE_BIAS (a bias on DySample+'s scope conv).
     """
     cfg.MODEL.FPN.DYSAMPLE = CN()
     _add_site_keys(cfg.MODEL.FPN.DYSAMPLE)
+    # Upsampler of each top-down step of the CARAFE-layout FPN (MODEL.BACKBONE.NAME
+    # build_resnet_carafe_fpn_backbone): "dysample" (with MODEL.FPN.DYSAMPLE.*) or "nearest".
+    cfg.MODEL.FPN.UPSAMPLER = "dysample"
     cfg.MODEL.SEM_SEG_HEAD.DYSAMPLE = CN()
     _add_site_keys(cfg.MODEL.SEM_SEG_HEAD.DYSAMPLE)
 
@@ -91,3 +106,21 @@ def check_dysample_config(cfg) -> None:
     for site, (_channels, (name_key, names)) in DYSAMPLE_SITES.items():
         if _get(cfg, name_key) in names:
             dysample_kwargs_from_config(cfg, site)
+    if _get(cfg, "MODEL.BACKBONE.NAME") in CARAFE_FPN_BACKBONES:
+        carafe_fpn_upsampler_from_config(cfg)
+
+
+def carafe_fpn_upsampler_from_config(cfg) -> str:
+    """
+    MODEL.FPN.UPSAMPLER, validated for the CARAFE-layout FPN (ValueError naming the key and
+    the allowed values; also for MODEL.FPN.FUSE_TYPE, which that FPN has only as "sum").
+    """
+    upsampler = _get(cfg, "MODEL.FPN.UPSAMPLER")
+    if upsampler not in CARAFE_FPN_UPSAMPLERS:
+        raise ValueError(f"MODEL.FPN.UPSAMPLER must be one of {list(CARAFE_FPN_UPSAMPLERS)}, "
+                         f"got {upsampler!r}")
+    if cfg.MODEL.FPN.FUSE_TYPE != "sum":
+        raise ValueError(f"MODEL.FPN.FUSE_TYPE must be 'sum' for {cfg.MODEL.BACKBONE.NAME} "
+                         f"(the CARAFE-layout FPN adds the upsampled map), got "
+                         f"{cfg.MODEL.FPN.FUSE_TYPE!r}")
+    return upsampler

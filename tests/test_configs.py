@@ -33,6 +33,23 @@ EXPECTED = {
     "COCO-PanopticSegmentation/panoptic_fpn_R_101_DySamplePlus_1x.yaml": ("PanopticFPN", 101, True, "DySample+"),
 }
 
+# The same systems on the FPN of the DySample authors' released R-CNN models (mmdet's
+# FPN_CARAFE layout, build_resnet_carafe_fpn_backbone: four upsamplers, P6 a stride-2 conv),
+# "nearest" the paper's Nearest rows on that FPN.
+EXPECTED_CARAFE = {
+    "COCO-Detection/faster_rcnn_R_50_CarafeFPN_1x.yaml": ("GeneralizedRCNN", 50, False, "nearest"),
+    "COCO-Detection/faster_rcnn_R_50_DySample_CarafeFPN_1x.yaml": ("GeneralizedRCNN", 50, False, "DySample"),
+    "COCO-Detection/faster_rcnn_R_50_DySamplePlus_CarafeFPN_1x.yaml": ("GeneralizedRCNN", 50, False, "DySample+"),
+    "COCO-Detection/faster_rcnn_R_101_CarafeFPN_1x.yaml": ("GeneralizedRCNN", 101, False, "nearest"),
+    "COCO-Detection/faster_rcnn_R_101_DySamplePlus_CarafeFPN_1x.yaml": ("GeneralizedRCNN", 101, False, "DySample+"),
+    "COCO-InstanceSegmentation/mask_rcnn_R_50_CarafeFPN_1x.yaml": ("GeneralizedRCNN", 50, True, "nearest"),
+    "COCO-InstanceSegmentation/mask_rcnn_R_50_DySample_CarafeFPN_1x.yaml": ("GeneralizedRCNN", 50, True, "DySample"),
+    "COCO-InstanceSegmentation/mask_rcnn_R_50_DySamplePlus_CarafeFPN_1x.yaml": ("GeneralizedRCNN", 50, True, "DySample+"),
+    "COCO-InstanceSegmentation/mask_rcnn_R_101_CarafeFPN_1x.yaml": ("GeneralizedRCNN", 101, True, "nearest"),
+    "COCO-InstanceSegmentation/mask_rcnn_R_101_DySamplePlus_CarafeFPN_1x.yaml": ("GeneralizedRCNN", 101, True, "DySample+"),
+}
+CARAFE_BACKBONE = "build_resnet_carafe_fpn_backbone"
+
 # The tiny CPU variants that the quickstart and the end-to-end tests train: config -> the
 # COCO-* system it is, at the settings of quickstart/Base-quickstart.yaml.
 TINY_BASE = "quickstart/Base-quickstart.yaml"
@@ -46,6 +63,10 @@ QUICKSTART = {
         "COCO-InstanceSegmentation/mask_rcnn_R_50_DySample_FPN_1x.yaml",
     "quickstart/panoptic_fpn_R_50_DySample_tiny.yaml":
         "COCO-PanopticSegmentation/panoptic_fpn_R_50_DySample_1x.yaml",
+    "quickstart/faster_rcnn_R_50_DySample_CarafeFPN_tiny.yaml":
+        "COCO-Detection/faster_rcnn_R_50_DySample_CarafeFPN_1x.yaml",
+    "quickstart/faster_rcnn_R_50_CarafeFPN_tiny.yaml":
+        "COCO-Detection/faster_rcnn_R_50_CarafeFPN_1x.yaml",
 }
 
 # What a tiny config changes beyond its system and the tiny settings (besides OUTPUT_DIR).
@@ -78,6 +99,24 @@ EXPECTED_MMDET = {
     "mmdet-recipe/mask_rcnn_R_101_DySamplePlus_FPN_1x_mmdet.yaml": (
         "COCO-InstanceSegmentation/mask_rcnn_R_101_DySamplePlus_FPN_1x.yaml",
         "mask_rcnn_r101_fpn_dysample-lpg4ds_1x_coco.pth"),
+    "mmdet-recipe/faster_rcnn_R_50_DySample_CarafeFPN_1x_mmdet.yaml": (
+        "COCO-Detection/faster_rcnn_R_50_DySample_CarafeFPN_1x.yaml",
+        "faster_rcnn_r50_fpn_dysample-lpg4_1x_coco.pth"),
+    "mmdet-recipe/faster_rcnn_R_50_DySamplePlus_CarafeFPN_1x_mmdet.yaml": (
+        "COCO-Detection/faster_rcnn_R_50_DySamplePlus_CarafeFPN_1x.yaml",
+        "faster_rcnn_r50_fpn_dysample-lpg4ds_1x_coco.pth"),
+    "mmdet-recipe/faster_rcnn_R_101_DySamplePlus_CarafeFPN_1x_mmdet.yaml": (
+        "COCO-Detection/faster_rcnn_R_101_DySamplePlus_CarafeFPN_1x.yaml",
+        "faster_rcnn_r101_fpn_dysample-lpg4ds_1x_coco.pth"),
+    "mmdet-recipe/mask_rcnn_R_50_DySample_CarafeFPN_1x_mmdet.yaml": (
+        "COCO-InstanceSegmentation/mask_rcnn_R_50_DySample_CarafeFPN_1x.yaml",
+        "mask_rcnn_r50_fpn_dysample-lpg4_1x_coco.pth"),
+    "mmdet-recipe/mask_rcnn_R_50_DySamplePlus_CarafeFPN_1x_mmdet.yaml": (
+        "COCO-InstanceSegmentation/mask_rcnn_R_50_DySamplePlus_CarafeFPN_1x.yaml",
+        "mask_rcnn_r50_fpn_dysample-lpg4ds_1x_coco.pth"),
+    "mmdet-recipe/mask_rcnn_R_101_DySamplePlus_CarafeFPN_1x_mmdet.yaml": (
+        "COCO-InstanceSegmentation/mask_rcnn_R_101_DySamplePlus_CarafeFPN_1x.yaml",
+        "mask_rcnn_r101_fpn_dysample-lpg4ds_1x_coco.pth"),
     "mmdet-recipe/panoptic_fpn_R_50_DySample_1x_mmdet.yaml": (
         "COCO-PanopticSegmentation/panoptic_fpn_R_50_DySample_1x.yaml",
         "panoptic_fpn_r50_fpn_dysample-lpg4_1x_coco.pth"),
@@ -91,9 +130,11 @@ EXPECTED_MMDET = {
 # The recipe files the mmdet-recipe configs inherit: the common one, and for Panoptic FPN.
 MMDET_BASE = "mmdet-recipe/Base-mmdet-recipe.yaml"
 MMDET_PANOPTIC_BASE = "mmdet-recipe/Base-mmdet-recipe-panoptic.yaml"
+MMDET_CARAFE_BASE = "mmdet-recipe/Base-mmdet-recipe-CarafeFPN.yaml"
 # Every leaf config -> (meta-architecture, depth, mask head, upsampler).
-SYSTEMS = {**EXPECTED, **{name: EXPECTED[base] for name, base in QUICKSTART.items()},
-           **{name: EXPECTED[base] for name, (base, _) in EXPECTED_MMDET.items()}}
+_COCO = {**EXPECTED, **EXPECTED_CARAFE}
+SYSTEMS = {**_COCO, **{name: _COCO[base] for name, base in QUICKSTART.items()},
+           **{name: _COCO[base] for name, (base, _) in EXPECTED_MMDET.items()}}
 
 
 def flat(cfg, prefix=""):
@@ -140,8 +181,8 @@ def leaf_configs():
 
 
 def test_every_config_is_covered():
-    assert set(leaf_configs()) == (set(EXPECTED) | set(EXPECTED_MMDET) | set(QUICKSTART)
-                                   | set(SEMANTIC_SEG)), (
+    assert set(leaf_configs()) == (set(EXPECTED) | set(EXPECTED_CARAFE) | set(EXPECTED_MMDET)
+                                   | set(QUICKSTART) | set(SEMANTIC_SEG)), (
         "configs/ and EXPECTED / EXPECTED_MMDET / QUICKSTART in this test differ: describe "
         "every new config here so that the build/train/infer test below covers it"
     )
@@ -166,6 +207,24 @@ def test_config_describes_the_paper_system(name):
     assert f"R-{depth}.pkl" in cfg.MODEL.WEIGHTS
 
 
+@pytest.mark.parametrize("name", sorted(EXPECTED_CARAFE))
+def test_carafe_fpn_config_is_its_plain_fpn_system_on_the_carafe_fpn(name):
+    """The COCO-* system of the same name with the FPN_CARAFE-layout backbone; nothing else."""
+    meta_arch, depth, mask_on, upsampler = EXPECTED_CARAFE[name]
+    cfg = load_config(name, tiny=False)
+    twin = load_config(name.replace("_CarafeFPN_", "_FPN_"), tiny=False)
+    assert (cfg.MODEL.META_ARCHITECTURE, cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.MASK_ON) == (
+        meta_arch, depth, mask_on)
+    assert cfg.MODEL.BACKBONE.NAME == CARAFE_BACKBONE
+    assert cfg.MODEL.FPN.UPSAMPLER == ("nearest" if upsampler == "nearest" else "dysample")
+    if upsampler != "nearest":
+        assert cfg.MODEL.FPN.DYSAMPLE.DYSCOPE == (upsampler == "DySample+")
+        assert (cfg.MODEL.FPN.DYSAMPLE.STYLE, cfg.MODEL.FPN.DYSAMPLE.GROUPS) == ("lp", 4)
+    changed = {k for k, v in flat(cfg).items() if v != flat(twin)[k]}
+    assert changed <= {"MODEL.BACKBONE.NAME", "MODEL.FPN.UPSAMPLER",
+                       "MODEL.FPN.DYSAMPLE.SCOPE_BIAS"}, changed
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED_MMDET))
 def test_mmdet_recipe_config_is_its_system_run_as_mmdet_runs_it(name):
     """The architecture of the COCO-* config it inherits; mmdet's input, ResNet and tests."""
@@ -184,7 +243,11 @@ def test_mmdet_recipe_config_is_its_system_run_as_mmdet_runs_it(name):
     assert cfg.TEST.DETECTIONS_PER_IMAGE == 100
     panoptic = task_of_config(cfg) == "panoptic"
     assert cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST == (0.6 if panoptic else 0.05)
-    assert RELEASED_CHECKPOINTS[released] == os.path.basename(name)
+    # the released R-CNN files pick the FPN_CARAFE-layout twin of the FPN_UPSAMPLE configs
+    carafe_twin = os.path.basename(name).replace("_FPN_1x", "_CarafeFPN_1x")
+    assert RELEASED_CHECKPOINTS[released] == (
+        os.path.basename(name) if panoptic or "CarafeFPN" in name else carafe_twin)
+    assert (cfg.MODEL.BACKBONE.NAME == CARAFE_BACKBONE) == ("CarafeFPN" in name)
     assert cfg.MODEL.WEIGHTS == f"checkpoints/mmdet/{released[:-len('.pth')]}_d2.pth"
 
 
@@ -197,7 +260,8 @@ def test_tiny_config_is_its_system_at_the_tiny_settings(name):
 @pytest.mark.parametrize("name", sorted(EXPECTED_MMDET))
 def test_mmdet_recipe_config_is_its_system_at_the_recipe_settings(name):
     base, _ = EXPECTED_MMDET[name]
-    bases = [MMDET_BASE] + ([MMDET_PANOPTIC_BASE] if "panoptic" in name else [])
+    bases = [MMDET_BASE] + ([MMDET_PANOPTIC_BASE] if "panoptic" in name else []) + (
+        [MMDET_CARAFE_BASE] if "CarafeFPN" in name else [])
     assert_is_system_with(name, base, bases, own_keys={"MODEL.WEIGHTS"})
 
 
@@ -218,7 +282,9 @@ def test_config_trains_one_step_and_infers(name):
     cfg = load_config(name)
     model = build_model(cfg)
     upsamplers = [m for m in model.modules() if isinstance(m, DySample)]
-    assert len(upsamplers) == (0 if upsampler == "nearest" else 3)
+    # one per level pair: four on the CARAFE-layout FPN (P6 -> P5 too), three on Detectron2's
+    assert len(upsamplers) == (0 if upsampler == "nearest" else
+                               4 if cfg.MODEL.BACKBONE.NAME == CARAFE_BACKBONE else 3)
     assert all(m.dyscope == (upsampler == "DySample+") for m in upsamplers)
 
     model.train()

@@ -21,7 +21,9 @@ from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
 from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from ..config import CARAFE_FPN_UPSAMPLERS
 from ..layers import DEFAULTS, check_dysample_arguments
+from .carafe_fpn import CarafeFPN
 from .fpn import DySampleFPN
 from .semantic_seg import DySampleSemSegFPNHead
 from .vitdet import DySampleSimpleFeaturePyramid
@@ -31,6 +33,7 @@ __all__ = [
     "LAZY_LAYOUT",
     "check_lazy_dysample_arguments",
     "model_zoo_recipe",
+    "to_carafe_fpn",
     "to_dysample",
 ]
 
@@ -93,6 +96,42 @@ def to_dysample(node, **dysample_args):
     return node
 
 
+# The arguments of a LazyCall(FPN) node that CarafeFPN takes as they are; its own top level
+# replaces top_block, and it sums only ("sum" fuse type, no square padding).
+_CARAFE_FPN_KEPT = ("bottom_up", "in_features", "out_channels", "norm")
+
+
+def to_carafe_fpn(node, upsampler="dysample", **dysample_args):
+    """
+    Turn a ``LazyCall(FPN)`` node into a ``LazyCall(CarafeFPN)`` node in place (the
+    CARAFE-layout FPN of the DySample authors' R-CNN models), keeping its bottom-up network,
+    in_features, out_channels and norm; returns the node. Its top_block goes: CarafeFPN's
+    P6 is its own stride-2 lateral.
+
+    Args:
+        upsampler: "dysample" or "nearest" (see ``build_carafe_fpn_upsampler``).
+        dysample_args: style, groups, dyscope, scope_bias, as for :class:`DySample`.
+    """
+    unknown = sorted(set(dysample_args) - set(DEFAULTS))
+    if unknown:
+        raise TypeError(f"to_carafe_fpn: unknown DySample arguments {unknown}; "
+                        f"allowed: {list(DEFAULTS)}")
+    current = _target(node)
+    if not (isinstance(current, type) and issubclass(current, FPN)):
+        name = getattr(current, "__name__", current)
+        raise TypeError(f"{node._get_full_key(None) or 'the node'} is a LazyCall({name}) node; "
+                        "expected a LazyCall(FPN) node")
+    if node.get("fuse_type", "sum") != "sum":
+        raise ValueError(f"to_carafe_fpn: fuse_type must be 'sum', got {node.fuse_type!r}")
+    kept = {key: node[key] for key in _CARAFE_FPN_KEPT if key in node}
+    for key in list(node.keys()):
+        del node[key]
+    node._target_ = CarafeFPN
+    node.update({**kept, "upsampler": upsampler, **DEFAULTS, **dysample_args})
+    check_lazy_dysample_arguments(node)
+    return node
+
+
 def _pyramid_channels(node):
     net = node.get("net")
     if isinstance(net, DictConfig) and "embed_dim" in net:  # ViT: features of embed_dim
@@ -104,6 +143,8 @@ def _pyramid_channels(node):
 # those modules as the node tells them (an empty list where only the built network knows).
 DYSAMPLE_TARGETS = {
     DySampleFPN: lambda node: [node.out_channels],
+    CarafeFPN: lambda node: ([node.out_channels]
+                             if node.get("upsampler", "dysample") == "dysample" else []),
     DySampleSimpleFeaturePyramid: _pyramid_channels,
     DySampleSemSegFPNHead: lambda node: [node.conv_dims],
 }
@@ -120,6 +161,9 @@ def check_lazy_dysample_arguments(cfg, path=None) -> None:
         path = cfg._get_full_key(None) if isinstance(cfg, (DictConfig, ListConfig)) else ""
     if isinstance(cfg, DictConfig):
         target = _target(cfg) if "_target_" in cfg else None
+        if target is CarafeFPN and cfg.get("upsampler", "dysample") not in CARAFE_FPN_UPSAMPLERS:
+            raise ValueError(f"{path or 'CarafeFPN'}.upsampler must be one of "
+                             f"{list(CARAFE_FPN_UPSAMPLERS)}, got {cfg.upsampler!r}")
         if target in DYSAMPLE_TARGETS:
             args = {k: cfg.get(k, default) for k, default in DEFAULTS.items()}
             prefix = path or target.__name__

@@ -19,17 +19,21 @@ MMDET_PIXEL_STD = (58.395, 57.12, 57.375)
 TASKS = ("det", "mask", "panoptic")
 
 # The authors' released checkpoints (tiny-smart/dysample README) -> configs/mmdet-recipe/ file.
+# The R-CNN files have the FPN_CARAFE layout (the authors' training logs print the neck: a
+# stride-2 P6 lateral, four upsamplers), built by build_resnet_carafe_fpn_backbone; the
+# Panoptic FPN files the FPN_UPSAMPLE layout (three upsamplers: the authors' panoptic configs).
 RELEASED_CHECKPOINTS = {
-    "faster_rcnn_r50_fpn_dysample-lpg4_1x_coco.pth": "faster_rcnn_R_50_DySample_FPN_1x_mmdet.yaml",
+    "faster_rcnn_r50_fpn_dysample-lpg4_1x_coco.pth":
+        "faster_rcnn_R_50_DySample_CarafeFPN_1x_mmdet.yaml",
     "faster_rcnn_r50_fpn_dysample-lpg4ds_1x_coco.pth":
-        "faster_rcnn_R_50_DySamplePlus_FPN_1x_mmdet.yaml",
+        "faster_rcnn_R_50_DySamplePlus_CarafeFPN_1x_mmdet.yaml",
     "faster_rcnn_r101_fpn_dysample-lpg4ds_1x_coco.pth":
-        "faster_rcnn_R_101_DySamplePlus_FPN_1x_mmdet.yaml",
-    "mask_rcnn_r50_fpn_dysample-lpg4_1x_coco.pth": "mask_rcnn_R_50_DySample_FPN_1x_mmdet.yaml",
+        "faster_rcnn_R_101_DySamplePlus_CarafeFPN_1x_mmdet.yaml",
+    "mask_rcnn_r50_fpn_dysample-lpg4_1x_coco.pth": "mask_rcnn_R_50_DySample_CarafeFPN_1x_mmdet.yaml",
     "mask_rcnn_r50_fpn_dysample-lpg4ds_1x_coco.pth":
-        "mask_rcnn_R_50_DySamplePlus_FPN_1x_mmdet.yaml",
+        "mask_rcnn_R_50_DySamplePlus_CarafeFPN_1x_mmdet.yaml",
     "mask_rcnn_r101_fpn_dysample-lpg4ds_1x_coco.pth":
-        "mask_rcnn_R_101_DySamplePlus_FPN_1x_mmdet.yaml",
+        "mask_rcnn_R_101_DySamplePlus_CarafeFPN_1x_mmdet.yaml",
     "panoptic_fpn_r50_fpn_dysample-lpg4_1x_coco.pth": "panoptic_fpn_R_50_DySample_1x_mmdet.yaml",
     "panoptic_fpn_r50_fpn_dysample-lpg4ds_1x_coco.pth":
         "panoptic_fpn_R_50_DySamplePlus_1x_mmdet.yaml",

@@ -1,9 +1,12 @@
 """
 Rename the tensors of an mmdetection (2.x or 3.x) R-CNN checkpoint to this project's models.
 
-The mapping covers what the authors of DySample released (tiny-smart/detection-with-upsamplers:
-Faster R-CNN, Mask R-CNN and Panoptic FPN on ResNet-50/101 with their ``FPN_UPSAMPLE`` neck), and
-mmdet's own nearest-neighbour FPN models:
+The mapping covers what the authors of DySample released: Faster and Mask R-CNN on
+ResNet-50/101 with mmdet's ``FPN_CARAFE`` neck (their training logs print it: five laterals,
+the fifth a 3x3 stride-2 conv on C5, five output convs, four upsamplers; built by
+``build_resnet_carafe_fpn_backbone``), Panoptic FPN with their ``FPN_UPSAMPLE`` neck (three
+upsamplers; tiny-smart/detection-with-upsamplers), and mmdet's own nearest-neighbour FPN
+models:
 
 ===========================================  ================================================
 mmdet                                        Detectron2 (this project)
@@ -15,6 +18,8 @@ neck.lateral_convs.{i}.conv                  backbone.fpn_lateral{s_i}
 neck.fpn_convs.{i}.conv                      backbone.fpn_output{s_i}
 neck.upsample_modules.{i}                    backbone.fpn_upsample{s_(i+1)} (it upsamples
                                              lateral i+1 onto lateral i)
+neck.lateral_convs.{n} / fpn_convs.{n}       backbone.fpn_lateral{s_n} / fpn_output{s_n}, the
+  (FPN_CARAFE, n = number of inputs)         extra level: s_n = s_(n-1) + 1 (P6)
 rpn_head.rpn_conv / rpn_cls / rpn_reg        proposal_generator.rpn_head.conv / objectness_logits
                                              / anchor_deltas
 roi_head.bbox_head.shared_fcs.{j}            roi_heads.box_head.fc{j+1}
@@ -82,6 +87,15 @@ def _stage(in_features: Sequence[str], index: int) -> int:
     return int(name[3:])
 
 
+def _level(in_features: Sequence[str], index: int) -> int:
+    """Stage of FPN level ``index``: the inputs' stages, then one past the last input, the
+    CARAFE-layout FPN's extra level (FPN_CARAFE's ``lateral_convs.4`` / ``fpn_convs.4`` and
+    the ``upsample_modules.3`` that takes it to P5, for res2..res5)."""
+    if index == len(in_features):
+        return _stage(in_features, index - 1) + 1
+    return _stage(in_features, index)
+
+
 # (pattern, replacement builder). The builder gets the match and the FPN in_features.
 _RULES = [
     (r"backbone\.conv1\.weight", lambda m, f: "backbone.bottom_up.stem.conv1.weight"),
@@ -95,12 +109,12 @@ _RULES = [
     (rf"backbone\.layer(\d)\.(\d+)\.downsample\.1\.{_BN}",
      lambda m, f: f"backbone.bottom_up.res{int(m[1]) + 1}.{m[2]}.shortcut.norm.{m[3]}"),
     (rf"neck\.lateral_convs\.(\d+)\.conv\.{_WB}",
-     lambda m, f: f"backbone.fpn_lateral{_stage(f, int(m[1]))}.{m[2]}"),
+     lambda m, f: f"backbone.fpn_lateral{_level(f, int(m[1]))}.{m[2]}"),
     (rf"neck\.fpn_convs\.(\d+)\.conv\.{_WB}",
-     lambda m, f: f"backbone.fpn_output{_stage(f, int(m[1]))}.{m[2]}"),
+     lambda m, f: f"backbone.fpn_output{_level(f, int(m[1]))}.{m[2]}"),
     (r"neck\.upsample_modules\.(\d+)\.(offset\.weight|offset\.bias|scope\.weight|scope\.bias"
      r"|init_pos)",
-     lambda m, f: f"backbone.fpn_upsample{_stage(f, int(m[1]) + 1)}.{m[2]}"),
+     lambda m, f: f"backbone.fpn_upsample{_level(f, int(m[1]) + 1)}.{m[2]}"),
     (rf"rpn_head\.rpn_conv\.{_WB}", lambda m, f: f"proposal_generator.rpn_head.conv.{m[1]}"),
     (rf"rpn_head\.rpn_cls\.{_WB}",
      lambda m, f: f"proposal_generator.rpn_head.objectness_logits.{m[1]}"),
