@@ -346,14 +346,19 @@ def test_dysampleplus_scope_bias_needs_the_scope_bias_key(scratch):
 def test_command_line(scratch, capsys):
     from convert_mmdet_checkpoint import main
 
+    # an FPN_UPSAMPLE-layout file under a released name: that name picks the FPN_CARAFE
+    # layout of the released files, which refuses it; its own config converts it
     released = scratch / "faster_rcnn_r50_fpn_dysample-lpg4_1x_coco.pth"
     state = random_state("faster_r50_dysample")
     torch.save({"state_dict": state, "meta": {}, "message_hub": FakeMessageHub()},
                released)  # a foreign class: loaded as an inert placeholder, never run
     assert config_for_checkpoint(str(released)).endswith(
-        "mmdet-recipe/faster_rcnn_R_50_DySample_FPN_1x_mmdet.yaml")
+        "mmdet-recipe/faster_rcnn_R_50_DySample_CarafeFPN_1x_mmdet.yaml")
     out = scratch / "out.pth"
-    assert main([str(released), str(out)]) == 0  # config from the released file name
+    assert main([str(released), str(out)]) == 2  # config from the released file name
+    assert "backbone.fpn_lateral6.weight" in capsys.readouterr().err and not out.exists()
+    assert main([str(released), str(out), "--config-file", os.path.join(
+        CONFIG_DIR, "mmdet-recipe/faster_rcnn_R_50_DySample_FPN_1x_mmdet.yaml")]) == 0
     assert "exact match" in capsys.readouterr().out
     converted = torch.load(out, weights_only=True)
     assert converted["__author__"] == "dysample-d2 mmdet converter"
@@ -364,3 +369,111 @@ def test_command_line(scratch, capsys):
     assert not refused.exists()
     assert main([str(scratch / "other.pth"), str(refused)]) == 2
     assert "--config-file" in capsys.readouterr().err
+
+
+# The released R-CNN files' own key lists (FPN_CARAFE neck), from the authors' training logs.
+RELEASED_FIXTURE = os.path.join(os.path.dirname(FIXTURE), "mmdet_keys_carafe_rcnn_released.json")
+with open(RELEASED_FIXTURE) as _f:
+    RELEASED = json.load(_f)["models"]
+
+
+def released_state(name, seed=0):
+    """A state dict with exactly the logged keys and shapes of released model `name`."""
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for index, (key, shape) in enumerate(RELEASED[name]["keys"].items()):
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(1000)
+        elif key in RELEASED[name]["values"]:
+            state[key] = torch.tensor(RELEASED[name]["values"][key]).view(shape)
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(shape, generator=gen) + 0.5
+        elif torch.Size(shape).numel() > 65536:
+            state[key] = torch.full(shape, 0.01 + 1e-4 * index)
+        else:
+            state[key] = torch.randn(shape, generator=gen) * 0.05
+    return state
+
+
+def test_released_fixture_is_the_logged_fpn_carafe():
+    for name, log in (("faster_r50_dysampleplus", "COCO2017_detection/"),
+                      ("mask_r50_dysampleplus", "COCO2017_instance/")):
+        keys = RELEASED[name]["keys"]
+        assert RELEASED[name]["log"].startswith(log) and RELEASED[name]["log"].endswith(".log")
+        assert keys["neck.lateral_convs.4.conv.weight"] == [256, 2048, 3, 3]
+        assert "neck.fpn_convs.4.conv.weight" in keys and "neck.upsample_modules.3.init_pos" in keys
+    assert "neck.upsample_modules.3.scope.bias" in RELEASED["faster_r50_dysampleplus"]["keys"]
+    assert not any(k.endswith("scope.bias") for k in RELEASED["mask_r50_dysampleplus"]["keys"])
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED))
+def test_released_file_converts_as_it_is_from_its_name(name, scratch, capsys):
+    """The released file name picks its config; no option; every tensor lands where the
+    CARAFE-layout FPN has it (P6 lateral / output, the fourth upsampler, biased scopes)."""
+    from convert_mmdet_checkpoint import main
+
+    released = scratch / RELEASED[name]["released_file"]
+    state = released_state(name)
+    torch.save({"state_dict": state, "meta": {"mmdet_version": "2.25.0"}}, released)
+    out = scratch / "out.pth"
+    assert main([str(released), str(out)]) == 0, capsys.readouterr().err
+    assert "CarafeFPN" in capsys.readouterr().out
+    model = torch.load(out, weights_only=True)["model"]
+    neck = {"neck.lateral_convs.4.conv.weight": "backbone.fpn_lateral6.weight",
+            "neck.fpn_convs.4.conv.bias": "backbone.fpn_output6.bias",
+            "neck.lateral_convs.0.conv.weight": "backbone.fpn_lateral2.weight",
+            "neck.upsample_modules.0.offset.weight": "backbone.fpn_upsample3.offset.weight",
+            "neck.upsample_modules.3.offset.weight": "backbone.fpn_upsample6.offset.weight",
+            "neck.upsample_modules.3.scope.weight": "backbone.fpn_upsample6.scope.weight"}
+    if "neck.upsample_modules.3.scope.bias" in state:
+        neck["neck.upsample_modules.3.scope.bias"] = "backbone.fpn_upsample6.scope.bias"
+    for src, dst in neck.items():
+        assert torch.equal(model[dst], state[src]), src
+    assert len(model) == sum(not k.endswith("num_batches_tracked") for k in state)
+
+
+def test_released_upsamplers_compute_what_the_authors_modules_compute():
+    name = "faster_r50_dysampleplus"
+    cfg = config(RELEASED_CHECKPOINTS_CONFIG(name))
+    state = released_state(name, seed=3)
+    converted, _ = convert_state_dict(state, meta_reference(cfg), cfg.MODEL.FPN.IN_FEATURES)
+    x = torch.randn(1, 256, 5, 7)
+    for index, stage in enumerate((3, 4, 5, 6)):  # module i takes level i + 1 to level i
+        authors = AuthorsDySample(256, 2, "lp", 4, True, scope_bias=True)
+        authors.load_state_dict({k.split(f"upsample_modules.{index}.")[1]: v
+                                 for k, v in state.items()
+                                 if k.startswith(f"neck.upsample_modules.{index}.")})
+        ours = DySample(256, 2, "lp", 4, True, scope_bias=True)
+        ours.load_state_dict({k.split(f"fpn_upsample{stage}.")[1]: v
+                              for k, v in converted.items()
+                              if k.startswith(f"backbone.fpn_upsample{stage}.")})
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), authors(x), rtol=1e-5, atol=1e-5)
+
+
+def RELEASED_CHECKPOINTS_CONFIG(name):  # noqa: N802 (reads as the table it looks up)
+    from mmdet_conversion import RELEASED_CHECKPOINTS
+
+    return "mmdet-recipe/" + RELEASED_CHECKPOINTS[RELEASED[name]["released_file"]]
+
+
+def test_released_file_is_refused_by_the_fpn_upsample_configs():
+    """The layout mismatch that made the released files unusable is still refused, naming
+    the extra level's tensors."""
+    message = refuse("faster_r50_dysampleplus",
+                     "mmdet-recipe/faster_rcnn_R_50_DySamplePlus_FPN_1x_mmdet.yaml",
+                     opts=["MODEL.FPN.DYSAMPLE.SCOPE_BIAS", "True"],
+                     state=released_state("faster_r50_dysampleplus"))
+    assert "backbone.fpn_lateral6.weight (from neck.lateral_convs.4.conv.weight)" in message
+    assert "neck.upsample_modules.3.offset.weight" in message
+
+
+def test_mask_dysampleplus_without_scope_bias_refuses_a_biased_file():
+    """The released Mask R-CNN DySample+ log has no scope bias; a file with a non-zero one
+    is refused with the key that converts it (the refusal of the FPN_UPSAMPLE configs)."""
+    name = "mask_r50_dysampleplus"
+    state = released_state(name)
+    state.update({f"neck.upsample_modules.{i}.scope.bias": torch.randn(32) for i in range(4)})
+    message = refuse(name, RELEASED_CHECKPOINTS_CONFIG(name), state=state)
+    assert "upsample_modules.3.scope.bias: non-zero" in message
+    assert "MODEL.FPN.DYSAMPLE.SCOPE_BIAS True" in message
