@@ -236,7 +236,7 @@ COMMANDS = {
     "configs/mmdet-recipe/mask_rcnn_R_50_DySample_FPN_1x_mmdet.yaml --task mask":
         Refuse("mask_rcnn_r50_my_dysample.pth"),
     "python train_net.py --eval-only --config-file "
-    "configs/mmdet-recipe/faster_rcnn_R_50_DySample_FPN_1x_mmdet.yaml":
+    "configs/mmdet-recipe/faster_rcnn_R_50_DySample_CarafeFPN_1x_mmdet.yaml":
         Refuse("faster_rcnn_r50_fpn_dysample-lpg4_1x_coco_d2.pth"),
     ".venv/bin/python scripts/verify_mmdet_equivalence.py --record-fixture": Help(
         "the mmdet environment: its first run builds .venv-mmdet (mmcv from source, about 40 "
