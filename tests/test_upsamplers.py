@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dysample_d2 import DySample
-from dysample_d2.layers import UPSAMPLERS, build_upsampler, check_upsampler_arguments
+from dysample_d2.layers import UPSAMPLERS, build_upsampler, check_upsampler_arguments, sampler
 from dysample_d2.layers.carafe import CARAFE, carafe_reassemble
 
 
@@ -78,8 +78,8 @@ def test_carafe_module_equals_mmcv_formulation_with_gradients():
     for a, b in zip(torch.autograd.grad(out, params, grad),
                     torch.autograd.grad(expected, params, grad)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    small = CARAFE(4, 2, up_kernel=3, compressed_channels=2).double()
-    tiny = torch.randn(1, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    small = CARAFE(2, 2, up_kernel=3, compressed_channels=2).double()
+    tiny = torch.randn(1, 2, 2, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(small, (tiny,))
 
 
@@ -113,7 +113,8 @@ def test_reassembly_saves_no_neighbourhoods_for_the_backward():
 def test_every_upsampler_maps_to_scale_times_the_input(name, scale):
     module = build_upsampler(name, 16, scale)
     x = torch.randn(2, 16, 5, 7, requires_grad=True)
-    out = module(x)
+    with sampler("gridsample"):  # DySample's reference formulation: no kernel build
+        out = module(x)
     assert out.shape == (2, 16, 5 * scale, 7 * scale)
     out.sum().backward()  # differentiable end to end
     assert x.grad.shape == x.shape
