@@ -236,8 +236,8 @@ def write_chart(path, rows, title):
     """
     Latency against parameters, one circle per upsampler with its area proportional to its
     FLOPs, as the DySample paper's complexity figure draws them: forward on the left,
-    forward+backward on the right. Parameters on a symmetric-log axis (nearest and bilinear
-    have none).
+    forward+backward on the right. Latency on a log axis; parameters on a symmetric-log axis
+    (nearest and bilinear have none).
     """
     import matplotlib
 
@@ -257,6 +257,7 @@ def write_chart(path, rows, title):
             ax.annotate(row["case"], (row["params"] / 1e3, row[key]), fontsize=6,
                         xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("symlog", linthresh=1)
+        ax.set_yscale("log")
         ax.set_xlabel("parameters (thousands)")
         ax.set_ylabel(f"{label} latency (ms)")
         ax.grid(alpha=0.3)
