@@ -85,7 +85,8 @@ def count_flops(module, inputs, analysis_cls=None):
     fvcore FLOPs (one multiply-add = 1) of ``module(*inputs)`` on its traced graph.
     fvcore's own handles cover conv (transposed too), matmul, upsample_{nearest,bilinear}2d
     (1 / 4 per output element) and grid_sampler (4 per output element, bilinear); added by this
-    module: elementwise ops and softmax, 1 per output element. Returns (flops, sorted names of ops that were still not counted).
+    module: elementwise ops and softmax, 1 per output element. Returns (flops, sorted names of
+    ops that were still not counted).
     """
     from fvcore.nn import FlopCountAnalysis
     from fvcore.nn.jit_handles import elementwise_flop_counter

@@ -44,7 +44,8 @@ def test_benchmark_upsamplers_quick(tmp_path):
     stdout = run_script("benchmark_upsamplers.py", tmp_path, "--shape", "1,8,5,7")
     markdown = (tmp_path / "results.md").read_text()
     rows = table_rows(markdown)
-    names = ["nearest", "bilinear", "deconv", "pixel shuffle", "CARAFE", "DySample-lp", "DySample-lp (grid_sample)", "DySample-pl",
+    names = ["nearest", "bilinear", "deconv", "pixel shuffle", "CARAFE", "DySample-lp",
+             "DySample-lp (grid_sample)", "DySample-pl",
              "DySample-lp+", "DySample-lp+ (grid_sample)", "DySample-pl+"] + [
         f"authors-{variant}" for variant in ("lp", "pl", "lp+", "pl+")
     ]

@@ -161,8 +161,9 @@ def test_initialization_is_mmcvs():
     compressor = carafe.channel_compressor.weight  # xavier-uniform: bound sqrt(6 / (256 + 64))
     assert compressor.abs().max() <= (6 / (256 + 64)) ** 0.5
     assert compressor.abs().max() > 0.9 * (6 / (256 + 64)) ** 0.5
+    pixel_shuffle = build_upsampler("pixel_shuffle", 16).upsample_conv
     for module in (carafe.channel_compressor, carafe.content_encoder,
-                   build_upsampler("deconv", 16), build_upsampler("pixel_shuffle", 16).upsample_conv):
+                   build_upsampler("deconv", 16), pixel_shuffle):
         assert torch.count_nonzero(module.bias) == 0
 
 
