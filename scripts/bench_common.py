@@ -69,20 +69,24 @@ _NO_FLOP_OPS = [
     "aten::flip", "aten::_shape_as_tensor", "aten::to", "aten::type_as", "aten::meshgrid",
     "aten::contiguous", "aten::repeat", "aten::select", "aten::slice", "aten::view",
     "aten::reshape", "aten::permute", "aten::unsqueeze", "aten::flatten", "aten::expand",
+    "aten::pad", "aten::unbind",
 ]
-# elementwise arithmetic on feature-sized tensors: 1 per output element
+# elementwise arithmetic on feature-sized tensors: 1 per output element (CARAFE's
+# reassembly: one in-place addcmul_ per kernel tap, 1 multiply-add per output element)
 _ELEMENTWISE_OPS = [
     "aten::add", "aten::add_", "aten::sub", "aten::mul", "aten::mul_", "aten::div",
-    "aten::sigmoid", "aten::addcmul", "aten::rsub", "aten::reciprocal",
+    "aten::sigmoid", "aten::addcmul", "aten::addcmul_", "aten::rsub", "aten::reciprocal",
+    "aten::softmax",
 ]
 
 
 def count_flops(module, inputs, analysis_cls=None):
     """
     fvcore FLOPs (one multiply-add = 1) of ``module(*inputs)`` on its traced graph.
-    fvcore's own handles cover conv, matmul, upsample_{nearest,bilinear}2d (1 / 4 per output
-    element) and grid_sampler (4 per output element, bilinear); added by this module: elementwise ops,
-    1 per output element. Returns (flops, sorted names of ops that were still not counted).
+    fvcore's own handles cover conv (transposed too), matmul, upsample_{nearest,bilinear}2d
+    (1 / 4 per output element) and grid_sampler (4 per output element, bilinear); added by this
+    module: elementwise ops and softmax, 1 per output element. Returns (flops, sorted names of
+    ops that were still not counted).
     """
     from fvcore.nn import FlopCountAnalysis
     from fvcore.nn.jit_handles import elementwise_flop_counter
@@ -230,28 +234,39 @@ def machine_info(device, threads) -> dict:
 
 
 def write_chart(path, rows, title):
-    """Latency vs parameters, one point per upsampler (filled: fwd+bwd, hollow: forward)."""
+    """
+    Latency against parameters, one circle per upsampler with its area proportional to its
+    FLOPs, as the DySample paper's complexity figure draws them: forward on the left,
+    forward+backward on the right. Latency on a log axis; parameters on a symmetric-log axis
+    (nearest and bilinear have none).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=90)
-    colors = plt.get_cmap("tab20").colors  # 20 distinct colours; the shape tells the family
-    for i, row in enumerate(rows):
-        color = colors[(2 * i) % 20 + (2 * i) // 20 % 2]
-        name = row["case"]
-        marker = ("D" if name.startswith("authors") else "^" if "(grid_sample)" in name
-                  else "o" if name.startswith("DySample") else "s")
-        kparams = row["params"] / 1e3
-        ax.scatter([kparams], [row["train_ms"]], color=color, marker=marker, s=40, label=name)
-        ax.scatter([kparams], [row["fwd_ms"]], facecolors="none", edgecolors=color,
-                   marker=marker, s=40)
-    ax.set_xlabel("parameters (thousands)")
-    ax.set_ylabel("latency (ms): filled fwd+bwd, hollow forward")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5), dpi=90, sharex=True)
+    colors = plt.get_cmap("tab20").colors  # 20 distinct colours
+    largest = max(max(r["flops"] for r in rows), 1)
+    for ax, key, label in ((axes[0], "fwd_ms", "forward"), (axes[1], "train_ms",
+                                                            "forward+backward")):
+        for i, row in enumerate(rows):
+            color = colors[(2 * i) % 20 + (2 * i) // 20 % 2]
+            area = 30 + 1500 * row["flops"] / largest
+            ax.scatter([row["params"] / 1e3], [row[key]], s=area, color=color, alpha=0.45,
+                       edgecolors=color, label=f"{row['case']} ({row['flops'] / 1e9:.3g} GFLOPs)")
+            ax.annotate(row["case"], (row["params"] / 1e3, row[key]), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("parameters (thousands)")
+        ax.set_ylabel(f"{label} latency (ms)")
+        ax.grid(alpha=0.3)
+    axes[0].set_title(title, fontsize=9, loc="left")
+    axes[1].set_title("circle area: FLOPs", fontsize=9, loc="right")
+    legend = axes[1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    for handle in legend.legend_handles:  # one marker size in the legend
+        handle.set_sizes([30])
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -1,15 +1,18 @@
 #!/usr/bin/env python
 """
-Upsampler micro-benchmark: nearest, bilinear, the project's DySample (lp/pl x static/dynamic
-scope; on CPU also lp and lp+ on the reference formulation, "(grid_sample)"; on CUDA, where
-DySample runs the reference formulation, also lp and lp+ on the gather sampler, "(gather)",
-what deterministic training runs) and the authors' formulation (scripts/authors_dysample.py),
-x2 upsampling.
+Upsampler micro-benchmark, x2 upsampling: nearest, bilinear, deconvolution, pixel shuffle and
+CARAFE as mmdet's FPN_CARAFE builds them (dysample_d2/layers/upsamplers.py), the project's
+DySample (lp/pl x static/dynamic scope; on CPU also lp and lp+ on the reference formulation,
+"(grid_sample)"; on CUDA, where DySample runs the reference formulation, also lp and lp+ on
+the gather sampler, "(gather)", what deterministic training runs) and the authors' formulation
+(scripts/authors_dysample.py). Shapes: the three top-down steps of an 800x1333 image's FPN
+(batch 2) and the DySample paper's complexity setting, 1x256x120x120.
 
 Per case: parameters, FLOPs (fvcore, counted on the traced graph), forward and forward+backward
 latency (medians after warm-up, cases interleaved and rotated every repeat so that load drift
 hits all alike), peak memory of a forward and of a training step, ratios to bilinear/nearest.
-Writes DIR/results.md, DIR/results.json and DIR/latency_vs_params.png.
+Writes DIR/results.md, DIR/results.json and DIR/latency_vs_params.png (latency against
+parameters, circle area FLOPs, at 1x256x120x120 when it was measured).
 
     python scripts/benchmark_upsamplers.py --out benchmark_results/upsamplers
     python scripts/benchmark_upsamplers.py --quick --out output/up     # smoke run, seconds
@@ -26,7 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO)]
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from bench_common import SMOKE_RUN  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -35,19 +37,14 @@ from bench_common import (  # noqa: E402
     write_results,
 )
 
-DEFAULT_SHAPES = [(2, 256, 25, 42), (2, 256, 50, 84), (2, 256, 100, 168)]
+# an 800x1333 image padded to 800x1344: the FPN's top-down steps, batch 2; the paper's setting
+DEFAULT_SHAPES = [(2, 256, 25, 42), (2, 256, 50, 84), (2, 256, 100, 168), (1, 256, 120, 120)]
+CHART_SHAPE = "1x256x120x120"
+# the comparison upsamplers, row names and build_upsampler names
+BASELINES = [("nearest", "nearest"), ("bilinear", "bilinear"), ("deconv", "deconv"),
+             ("pixel shuffle", "pixel_shuffle"), ("CARAFE", "carafe")]
 QUICK_SHAPES = [(1, 16, 6, 10)]
 VARIANTS = [("lp", False), ("pl", False), ("lp", True), ("pl", True)]
-
-
-class Interpolate(nn.Module):
-    def __init__(self, mode, scale):
-        super().__init__()
-        self.mode, self.scale = mode, scale
-
-    def forward(self, x):
-        align = False if self.mode == "bilinear" else None
-        return F.interpolate(x, scale_factor=self.scale, mode=self.mode, align_corners=align)
 
 
 class ReferencePath(nn.Module):
@@ -77,9 +74,10 @@ def scale_offsets(module, x, offset_px):
 
 def build_cases(channels, scale, groups, dtype, device, x, offset_px=None):
     from dysample_d2 import DySample
+    from dysample_d2.layers import build_upsampler
     from authors_dysample import AuthorsDySample
 
-    cases = [(mode, Interpolate(mode, scale)) for mode in ("nearest", "bilinear")]
+    cases = [(row, build_upsampler(name, channels, scale)) for row, name in BASELINES]
     references = []
     for style, dyscope in VARIANTS:
         tag = f"{style}{'+' if dyscope else ''}"
@@ -173,11 +171,15 @@ def _offset_range(rows):
 def write_markdown(path, rows, info, args):
     lines = header_lines("Upsampler benchmark", info) + [
         f"Device {args.device}, dtype {args.dtype}, scale x{args.scale}, groups {args.groups}; "
-        f"{info['kernel']}; \"(grid_sample)\": the same module on its reference formulation "
+        f"{info['kernel']}; deconv, pixel shuffle and CARAFE as mmdet's FPN_CARAFE builds them "
+        "(kernel 3; CARAFE up kernel 5, encoder 3, 64 compressed channels; its reassembly in "
+        "PyTorch, one kernel tap at a time); \"(grid_sample)\": the same module on its "
+        "reference formulation "
         "(sampler \"gridsample\"); authors: the authors' formulation, same weights; "
         f"median of {args.repeats} interleaved repeats after {args.warmup} warm-up. "
         "FLOPs: fvcore on the traced graph (multiply-adds; grid_sampler 4 per output "
-        "element, elementwise ops 1 per element via handles bench_common.py adds); peak: memory "
+        "element, elementwise ops, softmax and CARAFE's reassembly taps 1 per element via "
+        "handles bench_common.py adds); peak: memory "
         "allocated during one forward / one training step (torch.profiler on CPU, "
         "max_memory_allocated on CUDA). Offsets (mean |offset| in input pixels, which sets how "
         "far apart the pixels DySample reads are): "
@@ -212,7 +214,7 @@ def parse_args(argv=None):
     p.add_argument("--shape", action="append", default=[], metavar="B,C,H,W",
                    help="an extra input shape (repeatable)")
     p.add_argument("--no-default-shapes", action="store_true",
-                   help="only the --shape shapes, not the three FPN steps")
+                   help="only the --shape shapes, not the FPN steps and the paper's setting")
     p.add_argument("--offset-px", type=float, default=None, metavar="PX",
                    help="scale DySample's offset convs to this mean |offset| (input pixels); "
                    "default: as initialized, 0.002-0.003 px")
@@ -251,7 +253,7 @@ def main(argv=None):
         rows += measure_shape(shape, args, device, dtype)
     out = write_results(args.out, info, rows, write_markdown, args)
     shapes_done = [r["shape"] for r in rows]
-    chart_shape = "2x256x50x84" if "2x256x50x84" in shapes_done else shapes_done[-1]
+    chart_shape = CHART_SHAPE if CHART_SHAPE in shapes_done else shapes_done[-1]
     title = f"x{args.scale} upsampling, input {chart_shape}, {args.device} {args.dtype}"
     write_chart(out / "latency_vs_params.png", [r for r in rows if r["shape"] == chart_shape],
                 f"{SMOKE_RUN}\n{title}" if args.quick else title)

@@ -44,7 +44,8 @@ def test_benchmark_upsamplers_quick(tmp_path):
     stdout = run_script("benchmark_upsamplers.py", tmp_path, "--shape", "1,8,5,7")
     markdown = (tmp_path / "results.md").read_text()
     rows = table_rows(markdown)
-    names = ["nearest", "bilinear", "DySample-lp", "DySample-lp (grid_sample)", "DySample-pl",
+    names = ["nearest", "bilinear", "deconv", "pixel shuffle", "CARAFE", "DySample-lp",
+             "DySample-lp (grid_sample)", "DySample-pl",
              "DySample-lp+", "DySample-lp+ (grid_sample)", "DySample-pl+"] + [
         f"authors-{variant}" for variant in ("lp", "pl", "lp+", "pl+")
     ]
@@ -52,6 +53,14 @@ def test_benchmark_upsamplers_quick(tmp_path):
     for shape in ("1x16x6x10", "1x8x5x7"):
         assert [r[1].strip() for r in rows if r[0].strip() == shape] == names
     assert all(len(row) == 12 for row in rows)
+    by_case = {r[1].strip(): r for r in rows if r[0].strip() == "1x16x6x10"}
+    # C = 16: deconv 16 * 16 * 9 + 16; pixel shuffle 16 * 64 * 9 + 64; CARAFE's compressor
+    # 16 * 64 + 64 and encoder 64 * 100 * 9 + 100
+    assert [by_case[n][2].strip() for n in ("deconv", "pixel shuffle", "CARAFE")] == [
+        "2,320", "9,280", "58,788"]
+    # CARAFE at 6x10 -> 12x20: convs 61,440 + 3,456,000, reassembly 25 taps x 16 x 240,
+    # softmax 25 x 240 multiply-adds
+    assert by_case["CARAFE"][3].strip() == "3.6"
     assert_times(v for row in rows for v in row[4:6])  # fwd, fwd+bwd ms
     assert_numbers(v for row in rows for v in row[2:])
     assert stdout.count("fwd+bwd") == len(rows)  # a progress line per case
@@ -67,7 +76,7 @@ def test_benchmark_upsamplers_only_given_shapes(tmp_path):
                "--offset-px", "2")
     markdown = (tmp_path / "results.md").read_text()
     rows = table_rows(markdown)
-    assert {r[0].strip() for r in rows} == {"1x8x5x7"} and len(rows) == 12
+    assert {r[0].strip() for r in rows} == {"1x8x5x7"} and len(rows) == 15
     # every DySample's offset conv scaled to a mean |offset| of 2 input pixels
     assert "the offset convs scaled to 2 px (--offset-px), measured 2-2 px." in markdown
     result = subprocess.run(
