@@ -106,6 +106,7 @@ def test_trace_with_add_to_follows_its_size(each_sampler):
 DYSAMPLE_FPN = "COCO-Detection/faster_rcnn_R_50_DySample_FPN_1x.yaml"
 NEAREST_FPN = "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
 ODD = (100, 164)  # res2..res5: 25x41, 13x21, 7x11, 4x6
+UPSAMPLER_NAMES = ("fpn_upsample5", "fpn_upsample4", "fpn_upsample3")
 
 
 @pytest.fixture(scope="module")
@@ -145,18 +146,20 @@ def test_detectron2_fpn_needs_padded_inputs_dysample_fpn_does_not(backbones):
 
 def test_zero_offset_dysample_fpn_is_interpolation_to_the_lateral_size(each_sampler, backbones):
     dysample, _ = backbones
-    upsamplers = list(dysample.upsamplers)
+    upsamplers = {name: getattr(dysample, name) for name in UPSAMPLER_NAMES}
     state = {k: v.clone() for k, v in dysample.state_dict().items()}
     x = torch.randn(1, 3, *ODD)
     try:
-        for upsampler in upsamplers:
+        for upsampler in upsamplers.values():
             zero_offsets(upsampler)
         with torch.no_grad():
             out = dysample(x)
-            dysample.upsamplers[:] = [InterpolateToLateral() for _ in upsamplers]
+            for name in upsamplers:
+                setattr(dysample, name, InterpolateToLateral())
             expected = dysample(x)
     finally:
-        dysample.upsamplers[:] = upsamplers
+        for name, upsampler in upsamplers.items():
+            setattr(dysample, name, upsampler)
         dysample.load_state_dict(state)
     for name in out:
         torch.testing.assert_close(out[name], expected[name], rtol=1e-4, atol=1e-4)

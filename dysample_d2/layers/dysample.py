@@ -70,7 +70,10 @@ def _two_over(sizes, device, dtype):
     """
     if tracing():
         return [2.0 / n for n in sizes]
-    return (2.0 / torch.tensor(sizes, dtype=torch.float64, device=device)).to(dtype)
+    # each size filled on the device (no host-to-device copy, which would wait for the
+    # stream and rule out CUDA graph capture), exact in float64
+    sizes = torch.stack([torch.full((), n, dtype=torch.float64, device=device) for n in sizes])
+    return (2.0 / sizes).to(dtype)
 
 
 class DySample(nn.Module):
@@ -213,8 +216,8 @@ class DySample(nn.Module):
             base = _base_grid(out_h, out_w, x.device, gdt)
         else:
             base = _cached_base_grid(out_h, out_w, x.device, gdt)
-        if tracing():  # (2/W, 2/H) from the traced shape
-            norm = 2.0 / torch._shape_as_tensor(x)[2:].flip(0).to(gdt)
+        if tracing():  # (2/W, 2/H) from the traced shape, which torch keeps on the CPU
+            norm = 2.0 / torch._shape_as_tensor(x)[2:].flip(0).to(x.device, gdt)
         else:
             norm = _two_over((w, h), x.device, gdt)
         grid = torch.addcmul(base, offset, norm)

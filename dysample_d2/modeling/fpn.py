@@ -52,17 +52,34 @@ class DySampleFPN(FPN):
         """
         input_shapes = bottom_up.output_shape()
         # Top-down order, as self.lateral_convs: coarsest level first, finest last.
-        stages = [int(math.log2(input_shapes[f].stride)) for f in reversed(in_features[1:])]
+        stages = [int(math.log2(input_shapes[f].stride)) for f in reversed(in_features)]
         upsamplers = [
             DySample(out_channels, 2, style=style, groups=groups, dyscope=dyscope,
                      scope_bias=scope_bias)
-            for _ in stages
+            for _ in stages[:-1]
         ]
         super().__init__(bottom_up, in_features, out_channels, norm=norm, top_block=top_block,
                          fuse_type=fuse_type, square_pad=square_pad)
         for stage, upsampler in zip(stages, upsamplers):
             self.add_module(f"fpn_upsample{stage}", upsampler)
-        self.upsamplers = upsamplers
+        self._top_down_stages = tuple(stages)
+
+    @property
+    def upsamplers(self):
+        """The DySample of each top-down step, coarsest first (``fpn_upsample{k}``)."""
+        return [getattr(self, f"fpn_upsample{k}") for k in self._top_down_stages[:-1]]
+
+    def _top_down_modules(self):
+        """
+        (lateral conv, output conv, upsampler or None) of each level, coarsest first, looked
+        up among the submodules by name: a replica (``nn.DataParallel``) shares this
+        module's Python attributes, and so FPN's lists of the original convs, but has its own
+        submodules.
+        """
+        stages = self._top_down_stages
+        return [(getattr(self, f"fpn_lateral{k}"), getattr(self, f"fpn_output{k}"),
+                 getattr(self, f"fpn_upsample{stages[index - 1]}") if index else None)
+                for index, k in enumerate(stages)]
 
     def forward(self, x):
         """
@@ -73,15 +90,14 @@ class DySampleFPN(FPN):
             dict[str -> Tensor]: "p2".. feature maps, as :meth:`FPN.forward`.
         """
         bottom_up_features = self.bottom_up(x)
-        prev_features = self.lateral_convs[0](bottom_up_features[self.in_features[-1]])
-        results = [self.output_convs[0](prev_features)]
-        for idx, (lateral_conv, output_conv) in enumerate(
-            zip(self.lateral_convs[1:], self.output_convs[1:]), start=1
-        ):
+        (lateral_conv, output_conv, _), *steps = self._top_down_modules()
+        prev_features = lateral_conv(bottom_up_features[self.in_features[-1]])
+        results = [output_conv(prev_features)]
+        for idx, (lateral_conv, output_conv, upsampler) in enumerate(steps, start=1):
             lateral_features = lateral_conv(bottom_up_features[self.in_features[-idx - 1]])
             # lateral_features + upsample(prev_features), summed in place (nothing else uses
             # the lateral output); the CPU kernel adds as it samples
-            prev_features = self.upsamplers[idx - 1](prev_features, add_to=lateral_features)
+            prev_features = upsampler(prev_features, add_to=lateral_features)
             if self._fuse_type == "avg":
                 prev_features = prev_features / 2
             results.insert(0, output_conv(prev_features))

@@ -1,0 +1,66 @@
+"""
+DySample-FPN under ``nn.DataParallel``: each replica runs its own submodules. A replica is a
+shallow copy of the module whose submodules and parameters are replaced by copies, so Python
+lists of submodules would still name the original's. ``torch.nn.parallel.replicate`` is run
+on CPU with its device broadcast replaced by clones (it refuses CPU devices).
+"""
+import sys
+
+import pytest
+import torch
+from detectron2.modeling import FPN, build_backbone
+
+from dysample_d2 import DySample
+
+from helpers import load_config
+
+DYSAMPLE_FPN = "COCO-Detection/faster_rcnn_R_50_DySample_FPN_1x.yaml"
+replicate_module = sys.modules["torch.nn.parallel.replicate"]
+
+
+@pytest.fixture
+def cpu_replicate(monkeypatch):
+    monkeypatch.setattr(replicate_module, "_get_device_index", lambda device, optional: 0)
+    monkeypatch.setattr(replicate_module, "_broadcast_coalesced_reshape",
+                        lambda tensors, devices, detach=False:
+                        [[t.detach().clone() for t in tensors] for _ in devices])
+    return replicate_module.replicate
+
+
+@pytest.mark.slow
+def test_a_replica_runs_only_its_own_parameters(cpu_replicate):
+    torch.manual_seed(0)
+    fpn = build_backbone(load_config(DYSAMPLE_FPN)).eval()
+    (replica,) = cpu_replicate(fpn, [torch.device("cpu")])
+    assert [type(m) for m in replica.upsamplers] == [DySample] * 3
+    assert all(r is getattr(replica, f"fpn_upsample{k}") for r, k in zip(replica.upsamplers, (5, 4, 3)))
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        expected = fpn(x)
+        # the original's FPN weights changed: the replica's stay (Detectron2's ResNet keeps its
+        # stages in a Python list too: its replica reads the original's, left unchanged here)
+        for name, p in fpn.named_parameters():
+            if name.startswith("fpn_"):
+                p.add_(1.0)
+        out = replica(x)
+    for name in expected:
+        assert torch.equal(out[name], expected[name]), name
+
+
+def test_upsamplers_are_registered_once_under_their_names():
+    fpn = build_backbone(load_config(DYSAMPLE_FPN))
+    names = [n for n, m in fpn.named_modules() if isinstance(m, DySample)]
+    assert names == ["fpn_upsample5", "fpn_upsample4", "fpn_upsample3"]
+    assert [m for m in fpn.upsamplers] == [getattr(fpn, n) for n in names]
+    keys = [k for k in fpn.state_dict() if "upsample" in k]
+    assert keys and all(k.startswith(tuple(n + "." for n in names)) for k in keys)
+    assert len(list(fpn.parameters())) == len(dict(fpn.named_parameters()))
+
+
+def test_scripting_stops_at_detectron2s_resnet_as_for_its_fpn():
+    """torch.jit.script of the DySample-FPN stops where it stops for Detectron2's FPN: at the
+    ResNet's Python list of stages (DySampleFPN adds no earlier failure)."""
+    backbone = build_backbone(load_config(DYSAMPLE_FPN))
+    assert isinstance(backbone, FPN)
+    with pytest.raises(RuntimeError, match="'ResNet' has no attribute 'stages'"):
+        torch.jit.script(backbone)
