@@ -7,6 +7,11 @@ tensor names, shapes and arithmetic, around their DySample module
 ``FPN_UPSAMPLE`` is mmdet's FPN whose top-down step i (lateral i+1 -> lateral i) calls
 ``self.upsample_modules[i]``; one module per step, so ``upsample_modules.0`` serves the
 finest step.
+
+The released R-CNN files have mmdet's ``FPN_CARAFE`` layout instead (their training logs), whose
+upsamplers the authors' fork builds with its own ``build_upsampler``
+(``FPN_CARAFE_Upsample`` in their ``mmdet/models/necks/fpn_carafe.py``): `use_authors_dysample`
+puts their DySample into mmdet's own FPN_CARAFE the same way, one module per level pair.
 """
 import importlib.util
 import os
@@ -58,3 +63,13 @@ class FPN_UPSAMPLE(FPN):  # noqa: N801 (the authors' registry name)
         for _ in range(self.num_outs - len(outs)):
             outs.append(F.max_pool2d(outs[-1], 1, stride=2))
         return tuple(outs)
+
+
+def use_authors_dysample(neck, dyscope, scope_bias):
+    """Replace every upsampler of mmdet's FPN_CARAFE ``neck`` (built with "nearest", which
+    mmdet 3.3 accepts) by the authors' DySample ("lp", 4 groups), in place, before
+    ``init_weights`` (FPN_CARAFE's xavier init then covers their convs, as the logs say)."""
+    for index in range(len(neck.upsample_modules)):
+        neck.upsample_modules[index] = AuthorsDySample(
+            neck.out_channels, 2, style="lp", groups=4, dyscope=dyscope, scope_bias=scope_bias)
+    neck.upsample = "dysample"  # FPN_CARAFE.forward only tests it against None

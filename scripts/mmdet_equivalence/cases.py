@@ -8,8 +8,9 @@ MMDET_RECIPE_OPTS = [
     "MODEL.PIXEL_STD", "[58.395, 57.12, 57.375]",
 ]
 
-# name -> mmdet base config (under mmdet/.mim/configs), depth, neck upsampler, project config
-# (+ opts for the nearest baselines, which have no mmdet-recipe config of their own).
+# name -> mmdet base config (under mmdet/.mim/configs), depth, neck ("fpn": mmdet's FPN, or the
+# authors' FPN_UPSAMPLE for DySample; "fpn_carafe": mmdet's FPN_CARAFE), neck upsampler, project
+# config (+ opts for the nearest baselines, which have no mmdet-recipe config of their own).
 CASES = {
     "faster_r50_nearest": dict(
         mmdet="faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py", depth=50, upsampler="nearest",
@@ -34,6 +35,24 @@ CASES = {
     "mask_r50_dysampleplus": dict(
         mmdet="mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py", depth=50, upsampler="dysample+",
         config="mmdet-recipe/mask_rcnn_R_50_DySamplePlus_FPN_1x_mmdet.yaml"),
+    # The layout of the authors' released R-CNN files: mmdet's own FPN_CARAFE (a stride-2 conv
+    # on C5 starts the top-down path, four upsamplers), images padded to 64.
+    "faster_r50_carafefpn_nearest": dict(
+        mmdet="faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py", depth=50, neck="fpn_carafe",
+        upsampler="nearest", config="COCO-Detection/faster_rcnn_R_50_CarafeFPN_1x.yaml",
+        opts=MMDET_RECIPE_OPTS),
+    "faster_r50_carafefpn_dysample": dict(
+        mmdet="faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py", depth=50, neck="fpn_carafe",
+        upsampler="dysample",
+        config="mmdet-recipe/faster_rcnn_R_50_DySample_CarafeFPN_1x_mmdet.yaml"),
+    "faster_r50_carafefpn_dysampleplus": dict(
+        mmdet="faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py", depth=50, neck="fpn_carafe",
+        upsampler="dysample+", scope_bias=True,
+        config="mmdet-recipe/faster_rcnn_R_50_DySamplePlus_CarafeFPN_1x_mmdet.yaml"),
+    "mask_r50_carafefpn_dysampleplus": dict(
+        mmdet="mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py", depth=50, neck="fpn_carafe",
+        upsampler="dysample+",
+        config="mmdet-recipe/mask_rcnn_R_50_DySamplePlus_CarafeFPN_1x_mmdet.yaml"),
     "panoptic_r50_nearest": dict(
         mmdet="panoptic_fpn/panoptic-fpn_r50_fpn_1x_coco.py", depth=50, upsampler="nearest",
         config="COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml",
@@ -69,6 +88,10 @@ REFUSALS = [
     ("faster_r50_dysampleplus_scopebias",
      "mmdet-recipe/faster_rcnn_R_50_DySamplePlus_FPN_1x_mmdet.yaml", [],
      "MODEL.FPN.DYSAMPLE.SCOPE_BIAS True"),
+    ("faster_r50_carafefpn_dysample", "mmdet-recipe/faster_rcnn_R_50_DySample_FPN_1x_mmdet.yaml",
+     [], "backbone.fpn_lateral6.weight"),
+    ("faster_r50_dysample", "mmdet-recipe/faster_rcnn_R_50_DySample_CarafeFPN_1x_mmdet.yaml", [],
+     "backbone.fpn_lateral6.weight"),
     ("faster_r50_dysample", "mmdet-recipe/mask_rcnn_R_50_DySample_FPN_1x_mmdet.yaml", [],
      "the checkpoint holds a det model"),
     ("faster_r50_dysample", "COCO-Detection/faster_rcnn_R_50_DySample_FPN_1x.yaml", [],

@@ -5,7 +5,8 @@ mmdet side of the equivalence check; runs in the separate mmdet 3.3 environment
     .venv-mmdet/bin/python scripts/mmdet_equivalence/mmdet_side.py WORKDIR [--cases a,b] \
         [--fixture tests/fixtures/mmdet_keys_rcnn.json]
 
-For every case of cases.py: builds the mmdet model (the authors' FPN_UPSAMPLE neck for DySample),
+For every case of cases.py: builds the mmdet model (mmdet's FPN, the authors' FPN_UPSAMPLE neck for
+DySample, or mmdet's FPN_CARAFE with the authors' DySample),
 gives it random weights that make every stage matter (random BatchNorm statistics, DySample
 offsets of about a pixel, peaked classifier scores), saves WORKDIR/CASE/mmdet.pth, runs it on
 the images and saves every stage (WORKDIR/CASE/mmdet_out.pt) for d2_side.py to compare.
@@ -36,7 +37,14 @@ def build(case, seed, class_agnostic=None):
     model_cfg = cfg.model
     model_cfg.backbone.depth = case["depth"]
     model_cfg.backbone.init_cfg = None  # no download: random weights
-    if case["upsampler"] != "nearest":
+    carafe_layout = case.get("neck") == "fpn_carafe"
+    if carafe_layout:  # the authors' configs: mmdet's configs/carafe neck, Pad size_divisor=64
+        model_cfg.neck = dict(type="FPN_CARAFE", in_channels=[256, 512, 1024, 2048],
+                              out_channels=256, num_outs=5, start_level=0, end_level=-1,
+                              norm_cfg=None, act_cfg=None, order=("conv", "norm", "act"),
+                              upsample_cfg=dict(type="nearest"))
+        model_cfg.data_preprocessor.pad_size_divisor = 64
+    elif case["upsampler"] != "nearest":
         model_cfg.neck.type = "FPN_UPSAMPLE"
         model_cfg.neck.upsample_cfg = dict(type="dysample", guided=False, style="lp", groups=4,
                                            dyscope=case["upsampler"] == "dysample+",
@@ -45,6 +53,9 @@ def build(case, seed, class_agnostic=None):
         model_cfg.test_cfg.rcnn.nms.class_agnostic = class_agnostic
     torch.manual_seed(seed)
     model = MODELS.build(model_cfg)
+    if carafe_layout and case["upsampler"] != "nearest":
+        authors_neck.use_authors_dysample(model.neck, dyscope=case["upsampler"] == "dysample+",
+                                          scope_bias=case.get("scope_bias", False))
     model.init_weights()
     return model.eval(), cfg
 
@@ -99,7 +110,8 @@ def calibration_targets(model, case):
     ~10 into equal scores (Detectron2 ranks by the logit): a difference only for such
     saturated objectness scores."""
     targets = []
-    count = len(getattr(model.neck, "upsample_modules", []))
+    dysample = case["upsampler"].startswith("dysample")
+    count = len(getattr(model.neck, "upsample_modules", [])) if dysample else 0
     ups = [f"neck.upsample_modules.{i}" for i in range(count)]
     for name in ups:  # offsets ~1 px (x 0.25 after the conv), scopes spanning the sigmoid
         targets.append(([f"{name}.offset"], 4.0, None))
