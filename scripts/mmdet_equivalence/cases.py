@@ -53,6 +53,20 @@ CASES = {
         mmdet="mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py", depth=50, neck="fpn_carafe",
         upsampler="dysample+",
         config="mmdet-recipe/mask_rcnn_R_50_DySamplePlus_CarafeFPN_1x_mmdet.yaml"),
+    # mmdet's FPN_CARAFE with its own upsamplers: the paper's comparison rows (mmcv's CARAFE
+    # reassembly, CUDA-only, is run on CPU by mmdet_side.py's formula of its naive kernel).
+    "faster_r50_carafefpn_carafe": dict(
+        mmdet="faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py", depth=50, neck="fpn_carafe",
+        upsampler="carafe", images=2,
+        config="mmdet-recipe/faster_rcnn_R_50_CARAFE_CarafeFPN_1x_mmdet.yaml"),
+    "faster_r50_carafefpn_deconv": dict(
+        mmdet="faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py", depth=50, neck="fpn_carafe",
+        upsampler="deconv", images=1,
+        config="mmdet-recipe/faster_rcnn_R_50_Deconv_CarafeFPN_1x_mmdet.yaml"),
+    "faster_r50_carafefpn_pixel_shuffle": dict(
+        mmdet="faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py", depth=50, neck="fpn_carafe",
+        upsampler="pixel_shuffle", images=1,
+        config="mmdet-recipe/faster_rcnn_R_50_PixelShuffle_CarafeFPN_1x_mmdet.yaml"),
     "panoptic_r50_nearest": dict(
         mmdet="panoptic_fpn/panoptic-fpn_r50_fpn_1x_coco.py", depth=50, upsampler="nearest",
         config="COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml",

@@ -19,7 +19,9 @@ import sys
 import mmcv
 import mmdet
 import numpy as np
+import mmcv.ops.carafe
 import torch
+import torch.nn.functional as F
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmdet.utils import register_all_modules
@@ -32,6 +34,33 @@ from cases import CASES, IMAGES  # noqa: E402
 CONFIGS = os.path.join(os.path.dirname(mmdet.__file__), ".mim", "configs")
 
 
+# FPN_CARAFE's upsample_cfg per case upsampler: mmdet's configs/carafe values for CARAFE, kernel 3
+# for deconvolution and pixel shuffle (the DySample authors' build_upsampler.py); DySample goes
+# in after the build (authors_neck.use_authors_dysample).
+FPN_CARAFE_UPSAMPLERS = {
+    "carafe": dict(type="carafe", up_kernel=5, up_group=1, encoder_kernel=3, encoder_dilation=1,
+                   compressed_channels=64),
+    "deconv": dict(type="deconv", upsample_kernel=3),
+    "pixel_shuffle": dict(type="pixel_shuffle", upsample_kernel=3),
+}
+
+
+def carafe_on_cpu(features, masks, kernel_size, group_size, scale_factor):
+    """
+    mmcv's ``carafe`` op, whose kernels are CUDA (and MLU/NPU) only, as the formula of its naive
+    CUDA kernel (``carafe_naive_cuda_kernel.cuh``): output (c, h, w) is the sum over the
+    k x k taps (i, j) of ``masks[(g * k + i) * k + j, h, w] * features[c, h // s + i - r,
+    w // s + j - r]`` (g the channel's group, r = (k - 1) // 2, zero outside), written out
+    with an unfold of the input and a nearest repeat.
+    """
+    n, c, h, w = features.shape
+    k, s, g = kernel_size, scale_factor, group_size
+    taps = F.unfold(features, k, padding=(k - 1) // 2).view(n, g, c // g, k * k, h, w)
+    taps = taps.repeat_interleave(s, dim=4).repeat_interleave(s, dim=5)
+    return torch.einsum("ngctyx,ngtyx->ngcyx", taps,
+                        masks.view(n, g, k * k, h * s, w * s)).reshape(n, c, h * s, w * s)
+
+
 def build(case, seed, class_agnostic=None):
     cfg = Config.fromfile(os.path.join(CONFIGS, case["mmdet"]))
     model_cfg = cfg.model
@@ -42,7 +71,8 @@ def build(case, seed, class_agnostic=None):
         model_cfg.neck = dict(type="FPN_CARAFE", in_channels=[256, 512, 1024, 2048],
                               out_channels=256, num_outs=5, start_level=0, end_level=-1,
                               norm_cfg=None, act_cfg=None, order=("conv", "norm", "act"),
-                              upsample_cfg=dict(type="nearest"))
+                              upsample_cfg=FPN_CARAFE_UPSAMPLERS.get(case["upsampler"],
+                                                                     dict(type="nearest")))
         model_cfg.data_preprocessor.pad_size_divisor = 64
     elif case["upsampler"] != "nearest":
         model_cfg.neck.type = "FPN_UPSAMPLE"
@@ -117,6 +147,9 @@ def calibration_targets(model, case):
         targets.append(([f"{name}.offset"], 4.0, None))
         if case["upsampler"] == "dysample+":
             targets.append(([f"{name}.scope"], 2.0, None))
+    if case["upsampler"] == "carafe":  # peaked reassembly kernels (softmax of the encoder)
+        targets += [([f"neck.upsample_modules.{i}.content_encoder"], 2.0, None)
+                    for i in range(len(model.neck.upsample_modules))]
     targets.append((["rpn_head.rpn_cls"], 1.5, -3.0))
     targets.append((["rpn_head.rpn_reg"], 0.3, 0.0))
     targets.append((["roi_head.bbox_head.fc_cls"], 4.0, None))
@@ -247,6 +280,7 @@ def main(argv=None):
     parser.add_argument("--fixture", help="write the models' key names and shapes here (JSON)")
     args = parser.parse_args(argv)
     register_all_modules()
+    mmcv.ops.carafe.carafe = carafe_on_cpu  # CARAFEPack.feature_reassemble reads it
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     images = make_images()
     torch.save(images, os.path.join(args.workdir, "images.pt"))
