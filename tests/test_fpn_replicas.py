@@ -36,7 +36,8 @@ def test_a_replica_runs_only_its_own_parameters(cpu_replicate):
     fpn = build_backbone(load_config(DYSAMPLE_FPN, opts=TINY_FPN)).eval()
     (replica,) = cpu_replicate(fpn, [torch.device("cpu")])
     assert [type(m) for m in replica.upsamplers] == [DySample] * 3
-    assert all(r is getattr(replica, f"fpn_upsample{k}") for r, k in zip(replica.upsamplers, (5, 4, 3)))
+    own = [getattr(replica, f"fpn_upsample{k}") for k in (5, 4, 3)]
+    assert all(r is o for r, o in zip(replica.upsamplers, own))
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad(), sampler("gridsample"):
         expected = fpn(x)
