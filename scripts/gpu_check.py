@@ -3,19 +3,25 @@
 The Python steps of scripts/gpu_check.sh:
 
     python scripts/gpu_check.py device                 # one line: the GPU, or why there is none
-    python scripts/gpu_check.py install WHEELHOUSE DIR # every wheel of WHEELHOUSE into DIR
+    python scripts/gpu_check.py pack WHEELS ARCHIVE    # the wheels of WHEELS into one .tar.xz
+    python scripts/gpu_check.py install ARCHIVE DIR    # every wheel of ARCHIVE into DIR
     python scripts/gpu_check.py imports                # what the CUDA check needs imports
     python scripts/gpu_check.py summary OUT            # OUT/summary.md from the benchmarks' JSON
 
-``install`` unpacks the wheels itself (a wheel is a zip laid out for site-packages), so it
-needs no pip, no index and no network, and leaves the interpreter's own environment as it is:
-DIR goes first on PYTHONPATH, so its numpy<2 (Detectron2 of 2024 needs it) takes the place of
-a numpy 2 installed beside torch. ``device`` exits 0 with CUDA, 3 without.
+``pack`` (run by scripts/gpu_wheelhouse.sh) writes the wheelhouse as one file that is the same
+bytes for the same wheels: each wheel re-zipped uncompressed, members sorted, fixed timestamps
+and modes (so that xz compresses across all of them), in a tar of sorted members with fixed
+mtime, owner and mode, compressed by xz. ``install`` reads it with tarfile and zipfile alone
+(a wheel is a zip laid out for site-packages): no pip, no index, no network, and the
+interpreter's own environment is left as it is: DIR goes first on PYTHONPATH, so its numpy<2
+(Detectron2 of 2024 needs it) takes the place of a numpy 2 installed beside torch. ``device``
+exits 0 with CUDA, 3 without.
 """
+import io
 import json
 import os
-import shutil
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -50,35 +56,88 @@ def device() -> int:
     return 0
 
 
-def install(wheelhouse, target) -> int:
-    """Unpacks every *.whl of `wheelhouse` into `target` (purelib and platlib alike)."""
-    wheels = sorted(Path(wheelhouse).glob("*.whl"))
-    if not wheels:
-        print(f"gpu_check: no wheels in {wheelhouse} (build them with scripts/gpu_wheelhouse.sh)")
+# the zip format's earliest date: every member of a packed wheel carries it
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def _mode(executable):
+    return 0o755 if executable else 0o644
+
+
+def stored_wheel(path) -> bytes:
+    """The wheel at `path` re-zipped: files only, sorted, uncompressed, fixed date and modes."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as dst:
+        for member in sorted(src.infolist(), key=lambda m: m.filename):
+            if member.is_dir():
+                continue
+            info = zipfile.ZipInfo(member.filename, ZIP_EPOCH)
+            info.create_system = 3  # Unix, so that the mode below is read as one
+            info.external_attr = _mode((member.external_attr >> 16) & 0o111) << 16
+            dst.writestr(info, src.read(member))
+    return buffer.getvalue()
+
+
+def pack(wheels, archive) -> int:
+    """Every *.whl of directory `wheels` into the .tar.xz `archive` (see the module doc)."""
+    paths = sorted(Path(wheels).glob("*.whl"))
+    if not paths:
+        print(f"gpu_check: no wheels in {wheels}")
+        return 1
+    archive = Path(archive)
+    partial = archive.with_name(archive.name + ".partial")
+    # xz preset 9: its 64 MiB dictionary spans most of a wheel
+    with tarfile.open(partial, "w:xz", format=tarfile.GNU_FORMAT, preset=9) as tar:
+        for path in paths:
+            data = stored_wheel(path)
+            info = tarfile.TarInfo(path.name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+    partial.replace(archive)
+    print(f"gpu_check: packed {len(paths)} wheels into {archive} "
+          f"({archive.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+def _unpack_wheel(wheel, target):
+    """The files of zip `wheel` under `target`, laid out as pip would in site-packages."""
+    for member in wheel.infolist():
+        parts = Path(member.filename).parts
+        if member.is_dir() or Path(member.filename).is_absolute() or ".." in parts:
+            continue
+        # NAME.data/purelib|platlib/... belongs in site-packages; scripts, headers and data
+        # files are not needed here
+        if parts[0].endswith(".data"):
+            if len(parts) < 3 or parts[1] not in ("purelib", "platlib"):
+                continue
+            parts = parts[2:]
+        destination = target.joinpath(*parts)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_bytes(wheel.read(member))
+        os.chmod(destination, _mode((member.external_attr >> 16) & 0o111))
+
+
+def install(archive, target) -> int:
+    """Unpacks every wheel of the .tar.xz `archive` (see `pack`) into `target`."""
+    if not os.path.isfile(archive) or not tarfile.is_tarfile(archive):
+        print(f"gpu_check: {archive} is not a wheelhouse archive (scripts/gpu_wheelhouse.sh "
+              "builds one)")
         return 1
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
-    for wheel in wheels:
-        with zipfile.ZipFile(wheel) as zf:
-            for member in zf.infolist():
-                parts = Path(member.filename).parts
-                # NAME.data/purelib|platlib/... belongs in site-packages; scripts, headers and
-                # data files are not needed here
-                if parts[0].endswith(".data"):
-                    if len(parts) < 3 or parts[1] not in ("purelib", "platlib"):
-                        continue
-                    parts = parts[2:]
-                destination = target.joinpath(*parts)
-                if member.is_dir():
-                    destination.mkdir(parents=True, exist_ok=True)
-                    continue
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(member) as src, open(destination, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                mode = member.external_attr >> 16
-                if mode & 0o111:
-                    os.chmod(destination, 0o755)
-    print(f"gpu_check: unpacked {len(wheels)} wheels into {target}")
+    count = 0
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            if member.isfile() and member.name.endswith(".whl"):
+                with zipfile.ZipFile(io.BytesIO(tar.extractfile(member).read())) as wheel:
+                    _unpack_wheel(wheel, target)
+                count += 1
+    if not count:
+        print(f"gpu_check: no wheels in {archive}")
+        return 1
+    print(f"gpu_check: unpacked {count} wheels of {archive} into {target}")
     return 0
 
 
@@ -198,8 +257,8 @@ def summary(out) -> int:
 
 
 def main(argv):
-    commands = {"device": (device, 0), "install": (install, 2), "imports": (imports, 0),
-                "summary": (summary, 1)}
+    commands = {"device": (device, 0), "pack": (pack, 2), "install": (install, 2),
+                "imports": (imports, 0), "summary": (summary, 1)}
     if not argv or argv[0] not in commands or len(argv) - 1 != commands[argv[0]][1]:
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Builds the wheelhouse scripts/gpu_check.sh installs on a GPU machine without network: every
 # package the CUDA check needs beside torch and torchvision, for that machine's Python, on
-# Linux x86_64. Run it on a machine with PyPI access (any OS pip can download for; building
+# Linux x86_64, as ONE file (scripts/gpu_check.py pack: the wheels re-zipped uncompressed with
+# fixed timestamps, in one .tar.xz of sorted members; the same bytes on every run with the
+# same wheels). Run it on a machine with PyPI access (any OS pip can download for; building
 # the pure-Python wheels from source needs a Python with pip). See docs/gpu.md.
 #
-#   bash scripts/gpu_wheelhouse.sh [DIR]          # default DIR: output/wheelhouse
+#   bash scripts/gpu_wheelhouse.sh [FILE]          # default FILE: output/gpu_wheelhouse.tar.xz
 #
 # Environment: GPU_PYTHON_VERSION (default 3.12): the GPU machine's Python, major.minor;
-#   GPU_WHEELHOUSE_OPENCV=0: leave out opencv-python-headless (50 of the 84 MB), for a GPU
-#   environment whose own cv2 imports beside numpy 1.26;
+#   GPU_WHEELHOUSE_OPENCV=0: leave out opencv-python-headless (about a third of the file), for
+#   a GPU environment whose own cv2 imports beside numpy 1.26;
 #   DYSAMPLE_D2_PYTHON / the project's .venv / python3: the interpreter that runs pip here.
 #
 # The versions are those the project's environment is tested with; numpy stays below 2
@@ -19,11 +21,13 @@ source "$(dirname "${BASH_SOURCE[0]}")/_python.sh"
 if [ -z "${DYSAMPLE_D2_PYTHON:-}" ] && [ ! -x "$PY" ]; then
   PY=$(command -v python3)
 fi
-OUT=${1:-$ROOT/output/wheelhouse}
+ARCHIVE=${1:-$ROOT/output/gpu_wheelhouse.tar.xz}
 PYVER=${GPU_PYTHON_VERSION:-3.12}
 ABI="cp${PYVER/./}"
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+mkdir -p "$(dirname "$ARCHIVE")"
+ARCHIVE=$(cd "$(dirname "$ARCHIVE")" && pwd)/$(basename "$ARCHIVE")
+OUT=$(mktemp -d "${TMPDIR:-/tmp}/dysample_d2_wheels.XXXXXX")
+trap 'rm -rf "$OUT"' EXIT
 pip_() { "$PY" -m pip --disable-pip-version-check "$@"; }
 step() { echo "[wheelhouse] $*"; }
 
@@ -45,16 +49,16 @@ if [ "${GPU_WHEELHOUSE_OPENCV:-1}" != 0 ]; then
   BINARY+=("opencv-python-headless==4.11.0.86")  # built for numpy 1.x, as the pin above
 fi
 
-step "1/3 pure-Python wheels (${#PURE[@]}) into $OUT"
+step "1/4 pure-Python wheels (${#PURE[@]})"
 pip_ wheel --quiet --no-deps --wheel-dir "$OUT" "${PURE[@]}"
 
-step "2/3 binary wheels (${#BINARY[@]}) for CPython $PYVER, manylinux x86_64"
+step "2/4 binary wheels (${#BINARY[@]}) for CPython $PYVER, manylinux x86_64"
 pip_ download --quiet --no-deps --only-binary=:all: --dest "$OUT" \
   --python-version "$PYVER" --implementation cp --abi "$ABI" --abi abi3 --abi none \
   --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux_2_28_x86_64 "${BINARY[@]}"
 
-step "3/3 detectron2: upstream's Python sources from PyPI's sal-detectron2, rebuilt as scripts/install/install_detectron2.py does"
+step "3/4 detectron2: upstream's Python sources from PyPI's sal-detectron2, rebuilt as scripts/install/install_detectron2.py does"
 ROOT="$ROOT" "$PY" - "$OUT" <<'EOF'
 import importlib.util, os, subprocess, sys, tempfile
 
@@ -74,6 +78,7 @@ with tempfile.TemporaryDirectory() as tmp:
         os.path.join(tmp, wheels[0]), out)))
 EOF
 
-count=$(ls "$OUT"/*.whl | wc -l)
-step "done: $count wheels, $(du -sh "$OUT" | cut -f1) in $OUT"
-step "on the GPU machine: bash scripts/gpu_check.sh $OUT"
+step "4/4 one reproducible file: $ARCHIVE"
+"$PY" "$ROOT/scripts/gpu_check.py" pack "$OUT" "$ARCHIVE"
+step "sha256 $(sha256sum "$ARCHIVE" | cut -d' ' -f1)"
+step "on the GPU machine: bash scripts/gpu_check.sh $ARCHIVE"

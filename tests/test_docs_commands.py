@@ -281,11 +281,11 @@ COMMANDS = {
     "python scripts/benchmark_model.py --archs faster_rcnn --repeats 3 --out "
     "output/bench/model_faster_rcnn": Help("Faster R-CNN training steps at 800x1333: an hour"),
     # docs/gpu.md: a CUDA machine
-    "bash scripts/gpu_wheelhouse.sh output/wheelhouse": Elsewhere(
-        "downloads the GPU machine's wheels from PyPI (84 MB), for another Python version"),
-    "DYSAMPLE_D2_PYTHON=/path/to/python-with-torch bash scripts/gpu_check.sh output/wheelhouse "
-    "output/gpu_check": Elsewhere("a CUDA GPU and its interpreter (a placeholder path here); "
-                                  "docs/gpu.md records its runs"),
+    "bash scripts/gpu_wheelhouse.sh output/gpu_wheelhouse.tar.xz": Elsewhere(
+        "downloads the GPU machine's wheels from PyPI, for another Python version; "
+        "tests/test_gpu_wheelhouse.py checks its packing"),
+    "bash scripts/gpu_check.sh output/gpu_wheelhouse.tar.xz output/gpu_check": Elsewhere(
+        "a CUDA GPU; without one it exits 0 at once, saying so; docs/gpu.md records its runs"),
     # docs/custom_dataset.md (train_my_dataset.py is the doc's python block)
     "python train_my_dataset.py --config-file configs/COCO-Detection/faster_rcnn_R_50_DySample_FPN_1x.yaml "
     "DATASETS.TRAIN '(\"my_dataset_train\",)' DATASETS.TEST '(\"my_dataset_val\",)' "

@@ -2,7 +2,8 @@
 DySample-FPN under ``nn.DataParallel``: each replica runs its own submodules. A replica is a
 shallow copy of the module whose submodules and parameters are replaced by copies, so Python
 lists of submodules would still name the original's. ``torch.nn.parallel.replicate`` is run
-on CPU with its device broadcast replaced by clones (it refuses CPU devices).
+on CPU with its device broadcast replaced by clones (it refuses CPU devices), on a ResNet-18
+DySample-FPN of 16 channels with the reference sampler (no compiled kernel to build).
 """
 import sys
 
@@ -11,10 +12,13 @@ import torch
 from detectron2.modeling import FPN, build_backbone
 
 from dysample_d2 import DySample
+from dysample_d2.layers import sampler
 
 from helpers import load_config
 
 DYSAMPLE_FPN = "COCO-Detection/faster_rcnn_R_50_DySample_FPN_1x.yaml"
+TINY_FPN = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+            "MODEL.FPN.OUT_CHANNELS", "16"]
 replicate_module = sys.modules["torch.nn.parallel.replicate"]
 
 
@@ -27,15 +31,15 @@ def cpu_replicate(monkeypatch):
     return replicate_module.replicate
 
 
-@pytest.mark.slow
 def test_a_replica_runs_only_its_own_parameters(cpu_replicate):
     torch.manual_seed(0)
-    fpn = build_backbone(load_config(DYSAMPLE_FPN)).eval()
+    fpn = build_backbone(load_config(DYSAMPLE_FPN, opts=TINY_FPN)).eval()
     (replica,) = cpu_replicate(fpn, [torch.device("cpu")])
     assert [type(m) for m in replica.upsamplers] == [DySample] * 3
-    assert all(r is getattr(replica, f"fpn_upsample{k}") for r, k in zip(replica.upsamplers, (5, 4, 3)))
+    own = [getattr(replica, f"fpn_upsample{k}") for k in (5, 4, 3)]
+    assert all(r is o for r, o in zip(replica.upsamplers, own))
     x = torch.randn(1, 3, 64, 96)
-    with torch.no_grad():
+    with torch.no_grad(), sampler("gridsample"):
         expected = fpn(x)
         # the original's FPN weights changed: the replica's stay (Detectron2's ResNet keeps its
         # stages in a Python list too: its replica reads the original's, left unchanged here)
