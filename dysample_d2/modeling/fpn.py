@@ -64,6 +64,9 @@ class DySampleFPN(FPN):
             self.add_module(f"fpn_upsample{stage}", upsampler)
         self._top_down_stages = tuple(stages)
 
+    # not compiled by torch.jit.script (its names are built at run time)
+    __jit_unused_properties__ = ["upsamplers"]
+
     @property
     def upsamplers(self):
         """The DySample of each top-down step, coarsest first (``fpn_upsample{k}``)."""
