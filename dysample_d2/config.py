@@ -56,9 +56,9 @@ def add_dysample_config(cfg):
     Add the DySample keys to a Detectron2 config (in place), the same four at each site:
 
     MODEL.FPN.DYSAMPLE.*:          the upsamplers of DySample-FPN's top-down pathway
-                                   (MODEL.BACKBONE.NAME build_resnet_dysample_fpn_backbone or
-                                   build_retinanet_resnet_dysample_fpn_backbone,
-                                   or build_resnet_carafe_fpn_backbone with
+                                   (MODEL.BACKBONE.NAME build_resnet_dysample_fpn_backbone,
+                                   build_retinanet_resnet_dysample_fpn_backbone or
+                                   build_resnet_carafe_fpn_backbone, with
                                    MODEL.FPN.UPSAMPLER "dysample").
     MODEL.SEM_SEG_HEAD.DYSAMPLE.*: the 2x upsamplers of the semantic FPN head's scale heads
                                    (MODEL.SEM_SEG_HEAD.NAME DySampleSemSegFPNHead).

@@ -6,7 +6,7 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
 from ..config import fpn_upsampler_from_config
-from ..layers import DEFAULTS, DySample, build_upsampler
+from ..layers import DEFAULTS, build_upsampler
 from .carafe_fpn import upsample_add
 
 __all__ = [
@@ -71,9 +71,10 @@ class DySampleFPN(FPN):
                       for _ in stages[:-1]]
         super().__init__(bottom_up, in_features, out_channels, norm=norm, top_block=top_block,
                          fuse_type=fuse_type, square_pad=square_pad)
-        for stage, upsampler in zip(stages, upsamplers):
-            self.add_module(f"fpn_upsample{stage}", upsampler)
+        for stage, module in zip(stages, upsamplers):
+            self.add_module(f"fpn_upsample{stage}", module)
         self._top_down_stages = tuple(stages)
+        self.upsampler = upsampler  # "dysample": each step calls fpn_upsample{k}(x, add_to=)
 
     @property
     def upsamplers(self):
@@ -106,7 +107,7 @@ class DySampleFPN(FPN):
         results = [output_conv(prev_features)]
         for idx, (lateral_conv, output_conv, upsampler) in enumerate(steps, start=1):
             lateral_features = lateral_conv(bottom_up_features[self.in_features[-idx - 1]])
-            if isinstance(upsampler, DySample):
+            if self.upsampler == "dysample":
                 # lateral_features + upsample(prev_features), summed in place (nothing else
                 # uses the lateral output); the CPU kernel adds as it samples
                 prev_features = upsampler(prev_features, add_to=lateral_features)

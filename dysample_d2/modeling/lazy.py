@@ -21,7 +21,8 @@ from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
 from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..layers import DEFAULTS, UPSAMPLER_OPTIONS, check_dysample_arguments, check_upsampler_arguments
+from ..layers import (DEFAULTS, UPSAMPLER_OPTIONS, check_dysample_arguments,
+                      check_upsampler_arguments)
 from .carafe_fpn import CarafeFPN
 from .fpn import DySampleFPN
 from .semantic_seg import DySampleSemSegFPNHead
