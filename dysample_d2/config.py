@@ -1,6 +1,10 @@
+from typing import Dict, Tuple
+
 from detectron2.config import CfgNode as CN
 
+from .layers.carafe import CARAFE_DEFAULTS
 from .layers.dysample import DEFAULTS, check_dysample_arguments
+from .layers.upsamplers import UPSAMPLER_OPTIONS, check_upsampler_arguments
 
 # Config nodes of DySample sites -> (the channel key its GROUPS must divide, the registered
 # names that build DySample from the node). The early check validates a node only where one
@@ -19,10 +23,18 @@ DYSAMPLE_SITES = {
 }
 
 
-# The upsamplers MODEL.FPN.UPSAMPLER selects in the CARAFE-layout FPN
-# (build_resnet_carafe_fpn_backbone); each makes the full 2H x 2W map.
-CARAFE_FPN_UPSAMPLERS = ("dysample", "nearest")
+# The backbones whose top-down steps MODEL.FPN.UPSAMPLER selects (one of
+# dysample_d2.layers.UPSAMPLERS), and the CARAFE-layout one among them.
+FPN_UPSAMPLER_BACKBONES = ("build_resnet_dysample_fpn_backbone",
+                           "build_retinanet_resnet_dysample_fpn_backbone",
+                           "build_resnet_carafe_fpn_backbone")
 CARAFE_FPN_BACKBONES = ("build_resnet_carafe_fpn_backbone",)
+# The config key of each upsampler option (UPSAMPLER_OPTIONS) under MODEL.FPN
+_OPTION_KEYS = {
+    "upsample_kernel": "MODEL.FPN.UPSAMPLE_KERNEL",
+    **{option: f"MODEL.FPN.CARAFE.{option.upper()}" for option in CARAFE_DEFAULTS},
+    **{option: f"MODEL.FPN.DYSAMPLE.{option.upper()}" for option in DEFAULTS},
+}
 
 
 def _add_site_keys(node):
@@ -44,24 +56,41 @@ def add_dysample_config(cfg):
     Add the DySample keys to a Detectron2 config (in place), the same four at each site:
 
     MODEL.FPN.DYSAMPLE.*:          the upsamplers of DySample-FPN's top-down pathway
-                                   (MODEL.BACKBONE.NAME build_resnet_dysample_fpn_backbone or
-                                   build_retinanet_resnet_dysample_fpn_backbone,
-                                   or build_resnet_carafe_fpn_backbone with
+                                   (MODEL.BACKBONE.NAME build_resnet_dysample_fpn_backbone,
+                                   build_retinanet_resnet_dysample_fpn_backbone or
+                                   build_resnet_carafe_fpn_backbone, with
                                    MODEL.FPN.UPSAMPLER "dysample").
     MODEL.SEM_SEG_HEAD.DYSAMPLE.*: the 2x upsamplers of the semantic FPN head's scale heads
                                    (MODEL.SEM_SEG_HEAD.NAME DySampleSemSegFPNHead).
 
-    MODEL.FPN.UPSAMPLER:           "dysample" or "nearest", the upsampler of the
-                                   CARAFE-layout FPN's top-down steps.
+    MODEL.FPN.UPSAMPLER:           the upsampler of the FPN's top-down steps (those
+                                   backbones' and build_resnet_carafe_fpn_backbone's), one of
+                                   dysample_d2.layers.UPSAMPLERS, with its options
+                                   MODEL.FPN.DYSAMPLE.*, MODEL.FPN.CARAFE.* or
+                                   MODEL.FPN.UPSAMPLE_KERNEL.
 
     Each node has STYLE ("lp" or "pl"), GROUPS (must divide the site's channels), DYSCOPE
     (False: DySample, True: DySample+) and SCOPE_BIAS (a bias on DySample+'s scope conv).
     """
     cfg.MODEL.FPN.DYSAMPLE = CN()
     _add_site_keys(cfg.MODEL.FPN.DYSAMPLE)
-    # Upsampler of each top-down step of the CARAFE-layout FPN (MODEL.BACKBONE.NAME
-    # build_resnet_carafe_fpn_backbone): "dysample" (with MODEL.FPN.DYSAMPLE.*) or "nearest".
+    # Upsampler of each top-down step of the DySample-FPN and CARAFE-layout FPN backbones:
+    # "nearest", "bilinear", "deconv", "pixel_shuffle", "carafe" or "dysample".
     cfg.MODEL.FPN.UPSAMPLER = "dysample"
+    # Kernel size of the "deconv" (transposed conv) and "pixel_shuffle" (conv, odd) upsamplers.
+    cfg.MODEL.FPN.UPSAMPLE_KERNEL = UPSAMPLER_OPTIONS["deconv"]["upsample_kernel"]
+    # The "carafe" upsampler (mmcv's CARAFEPack defaults, as mmdet's FPN_CARAFE configs).
+    cfg.MODEL.FPN.CARAFE = CN()
+    # Reassembly kernel size (odd).
+    cfg.MODEL.FPN.CARAFE.UP_KERNEL = CARAFE_DEFAULTS["up_kernel"]
+    # Channel groups, each with its own kernels; must divide MODEL.FPN.OUT_CHANNELS.
+    cfg.MODEL.FPN.CARAFE.UP_GROUP = CARAFE_DEFAULTS["up_group"]
+    # Kernel size (odd) of the content encoder that predicts the reassembly kernels.
+    cfg.MODEL.FPN.CARAFE.ENCODER_KERNEL = CARAFE_DEFAULTS["encoder_kernel"]
+    # Dilation of the content encoder.
+    cfg.MODEL.FPN.CARAFE.ENCODER_DILATION = CARAFE_DEFAULTS["encoder_dilation"]
+    # Output channels of the 1x1 channel compressor before the content encoder.
+    cfg.MODEL.FPN.CARAFE.COMPRESSED_CHANNELS = CARAFE_DEFAULTS["compressed_channels"]
     cfg.MODEL.SEM_SEG_HEAD.DYSAMPLE = CN()
     _add_site_keys(cfg.MODEL.SEM_SEG_HEAD.DYSAMPLE)
 
@@ -100,27 +129,39 @@ def dysample_kwargs_from_config(cfg, site: str = "MODEL.FPN.DYSAMPLE") -> dict:
 
 def check_dysample_config(cfg) -> None:
     """
-    Validate the DySample keys of every site the config selects (see DYSAMPLE_SITES), before
-    any model is built or any file written; raises as :func:`dysample_kwargs_from_config`.
+    Validate the DySample keys of every site the config selects (see DYSAMPLE_SITES) and the
+    FPN upsampler keys where such a backbone is selected, before any model is built or any
+    file written; raises as :func:`dysample_kwargs_from_config`.
     """
+    backbone = _get(cfg, "MODEL.BACKBONE.NAME")
     for site, (_channels, (name_key, names)) in DYSAMPLE_SITES.items():
+        if site == "MODEL.FPN.DYSAMPLE" and backbone in FPN_UPSAMPLER_BACKBONES:
+            continue  # read by fpn_upsampler_from_config, where "dysample" is selected
         if _get(cfg, name_key) in names:
             dysample_kwargs_from_config(cfg, site)
-    if _get(cfg, "MODEL.BACKBONE.NAME") in CARAFE_FPN_BACKBONES:
-        carafe_fpn_upsampler_from_config(cfg)
+    if backbone in FPN_UPSAMPLER_BACKBONES:
+        fpn_upsampler_from_config(cfg)
 
 
-def carafe_fpn_upsampler_from_config(cfg) -> str:
+def fpn_upsampler_from_config(cfg) -> Tuple[str, Dict[str, object]]:
     """
-    MODEL.FPN.UPSAMPLER, validated for the CARAFE-layout FPN (ValueError naming the key and
-    the allowed values; also for MODEL.FPN.FUSE_TYPE, which that FPN has only as "sum").
+    MODEL.FPN.UPSAMPLER and its options (MODEL.FPN.DYSAMPLE.*, MODEL.FPN.CARAFE.* or
+    MODEL.FPN.UPSAMPLE_KERNEL), validated by `check_upsampler_arguments` (ValueError naming the
+    key and the allowed values); for the CARAFE-layout FPN also MODEL.FPN.FUSE_TYPE, which it
+    has only as "sum".
+
+    Returns:
+        (name, options): the arguments of ``build_upsampler(name, channels, 2, **options)``.
     """
-    upsampler = _get(cfg, "MODEL.FPN.UPSAMPLER")
-    if upsampler not in CARAFE_FPN_UPSAMPLERS:
-        raise ValueError(f"MODEL.FPN.UPSAMPLER must be one of {list(CARAFE_FPN_UPSAMPLERS)}, "
-                         f"got {upsampler!r}")
-    if cfg.MODEL.FPN.FUSE_TYPE != "sum":
+    name = _get(cfg, "MODEL.FPN.UPSAMPLER")
+    options = {option: _get(cfg, _OPTION_KEYS[option])
+               for option in UPSAMPLER_OPTIONS.get(name, {})}
+    names = {"name": "MODEL.FPN.UPSAMPLER", "channels": "MODEL.FPN.OUT_CHANNELS", **_OPTION_KEYS}
+    options = check_upsampler_arguments(name, _get(cfg, "MODEL.FPN.OUT_CHANNELS"), 2, options,
+                                        names=names)
+    carafe_layout = _get(cfg, "MODEL.BACKBONE.NAME") in CARAFE_FPN_BACKBONES
+    if carafe_layout and cfg.MODEL.FPN.FUSE_TYPE != "sum":
         raise ValueError(f"MODEL.FPN.FUSE_TYPE must be 'sum' for {cfg.MODEL.BACKBONE.NAME} "
                          f"(the CARAFE-layout FPN adds the upsampled map), got "
                          f"{cfg.MODEL.FPN.FUSE_TYPE!r}")
-    return upsampler
+    return name, options

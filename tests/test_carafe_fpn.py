@@ -150,8 +150,15 @@ def test_neck_convs_start_from_fpn_carafes_xavier_init():
 
 
 @pytest.mark.parametrize("opts, words", [
-    (["MODEL.FPN.UPSAMPLER", "bilinear"], "MODEL.FPN.UPSAMPLER must be one of ['dysample', "
-                                          "'nearest'], got 'bilinear'"),
+    (["MODEL.FPN.UPSAMPLER", "bicubic"], "MODEL.FPN.UPSAMPLER must be one of ['nearest', "
+     "'bilinear', 'deconv', 'pixel_shuffle', 'carafe', 'dysample'], got 'bicubic'"),
+    (["MODEL.FPN.UPSAMPLER", "carafe", "MODEL.FPN.CARAFE.UP_KERNEL", "4"],
+     "MODEL.FPN.CARAFE.UP_KERNEL must be odd"),
+    (["MODEL.FPN.UPSAMPLER", "carafe", "MODEL.FPN.CARAFE.UP_GROUP", "3"],
+     "MODEL.FPN.CARAFE.UP_GROUP=3 must divide MODEL.FPN.OUT_CHANNELS=256; allowed values: "
+     "[1, 2, 4, 8, 16, 32, 64, 128, 256]"),
+    (["MODEL.FPN.UPSAMPLER", "pixel_shuffle", "MODEL.FPN.UPSAMPLE_KERNEL", "2"],
+     "MODEL.FPN.UPSAMPLE_KERNEL must be odd"),
     (["MODEL.FPN.FUSE_TYPE", "avg"], "MODEL.FPN.FUSE_TYPE must be 'sum'"),
     (["MODEL.FPN.DYSAMPLE.GROUPS", "3"], "MODEL.FPN.DYSAMPLE.GROUPS"),
 ])
@@ -161,9 +168,10 @@ def test_bad_values_are_refused_when_the_config_is_read(opts, words):
     assert words in str(error.value) and "\n" not in str(error.value)
 
 
-def test_upsampler_key_is_not_checked_where_no_carafe_fpn_is_built():
-    cfg = load_config(DET.format("DySample_FPN"), opts=["MODEL.FPN.UPSAMPLER", "bilinear"])
-    assert cfg.MODEL.FPN.UPSAMPLER == "bilinear"
+def test_upsampler_keys_are_not_checked_where_no_fpn_reads_them():
+    cfg = load_config(DET.format("FPN"), opts=["MODEL.FPN.UPSAMPLER", "bicubic",
+                                               "MODEL.FPN.CARAFE.UP_KERNEL", "4"])
+    assert cfg.MODEL.FPN.UPSAMPLER == "bicubic"
 
 
 def lazy_fpn():
@@ -187,8 +195,37 @@ def test_lazy_node_becomes_the_carafe_fpn():
     assert all(m.dyscope for m in backbone.upsamplers)
     assert backbone(torch.randn(1, 3, 64, 64))["p6"].shape[-2:] == (1, 1)
 
-    cfg.backbone.upsampler = "bilinear"
+    cfg.backbone.upsampler = "bicubic"
     with pytest.raises(ValueError, match=r"backbone\.upsampler must be one of"):
         check_lazy_dysample_arguments(cfg)
-    with pytest.raises(TypeError, match="unknown DySample arguments"):
+    with pytest.raises(TypeError, match="unknown arguments \\['group'\\] of upsampler 'dysample'"):
         to_carafe_fpn(lazy_fpn().backbone, group=4)
+
+
+def test_lazy_node_takes_any_upsampler_and_its_options():
+    cfg = lazy_fpn()
+    to_carafe_fpn(cfg.backbone, upsampler="carafe", up_kernel=3)
+    backbone = instantiate(cfg.backbone)
+    assert [m.up_kernel for m in backbone.upsamplers] == [3] * 4
+    assert backbone(torch.randn(1, 3, 64, 64))["p2"].shape[-2:] == (16, 16)
+    cfg.backbone.upsampler_options.up_kernel = 4
+    with pytest.raises(ValueError, match=r"backbone\.upsampler_options\.up_kernel must be odd"):
+        check_lazy_dysample_arguments(cfg)
+    with pytest.raises(TypeError, match=r"of upsampler 'deconv'; allowed: \['upsample_kernel'\]"):
+        to_carafe_fpn(lazy_fpn().backbone, upsampler="deconv", up_kernel=3)
+
+
+@pytest.mark.parametrize("upsampler", ["bilinear", "deconv", "pixel_shuffle", "carafe"])
+def test_each_upsampler_is_the_top_down_step(upsampler):
+    """The sum of each step is lateral + upsampler(top) cropped, with the modules looked up by
+    name (fpn_upsample{k}); the deconvolution and CARAFE start from FPN_CARAFE's init."""
+    backbone = neck(DET.format("CarafeFPN"), TINY_BACKBONE + ["MODEL.FPN.UPSAMPLER", upsampler])
+    assert [type(m) for m in backbone.upsamplers] == [type(backbone.fpn_upsample3)] * 4
+    if upsampler == "carafe":
+        assert backbone.fpn_upsample3.content_encoder.weight.std() < 0.01  # N(0, 0.001)
+    image = torch.randn(1, 3, 100, 76)
+    with torch.no_grad():
+        ours = backbone(image)
+        expected = reference_fpn_carafe(backbone, image, lambda i, x: backbone.upsamplers[i](x))
+    for name, want in zip(ours, expected):
+        assert torch.equal(ours[name], want), name

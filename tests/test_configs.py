@@ -47,7 +47,14 @@ EXPECTED_CARAFE = {
     "COCO-InstanceSegmentation/mask_rcnn_R_50_DySamplePlus_CarafeFPN_1x.yaml": ("GeneralizedRCNN", 50, True, "DySample+"),
     "COCO-InstanceSegmentation/mask_rcnn_R_101_CarafeFPN_1x.yaml": ("GeneralizedRCNN", 101, True, "nearest"),
     "COCO-InstanceSegmentation/mask_rcnn_R_101_DySamplePlus_CarafeFPN_1x.yaml": ("GeneralizedRCNN", 101, True, "DySample+"),
+    **{f"COCO-{task}/{arch}_R_50_{row}_CarafeFPN_1x.yaml": ("GeneralizedRCNN", 50, mask, row)
+       for task, arch, mask in (("Detection", "faster_rcnn", False),
+                                ("InstanceSegmentation", "mask_rcnn", True))
+       for row in ("Deconv", "PixelShuffle", "CARAFE")},
 }
+# The comparison rows' upsamplers -> MODEL.FPN.UPSAMPLER; they are the nearest CarafeFPN
+# system with that key changed.
+COMPARISON_ROWS = {"Deconv": "deconv", "PixelShuffle": "pixel_shuffle", "CARAFE": "carafe"}
 CARAFE_BACKBONE = "build_resnet_carafe_fpn_backbone"
 
 # The tiny CPU variants that the quickstart and the end-to-end tests train: config -> the
@@ -67,6 +74,8 @@ QUICKSTART = {
         "COCO-Detection/faster_rcnn_R_50_DySample_CarafeFPN_1x.yaml",
     "quickstart/faster_rcnn_R_50_CarafeFPN_tiny.yaml":
         "COCO-Detection/faster_rcnn_R_50_CarafeFPN_1x.yaml",
+    **{f"quickstart/faster_rcnn_R_50_{row}_CarafeFPN_tiny.yaml":
+       f"COCO-Detection/faster_rcnn_R_50_{row}_CarafeFPN_1x.yaml" for row in COMPARISON_ROWS},
 }
 
 # What a tiny config changes beyond its system and the tiny settings (besides OUTPUT_DIR).
@@ -117,6 +126,14 @@ EXPECTED_MMDET = {
     "mmdet-recipe/mask_rcnn_R_101_DySamplePlus_CarafeFPN_1x_mmdet.yaml": (
         "COCO-InstanceSegmentation/mask_rcnn_R_101_DySamplePlus_CarafeFPN_1x.yaml",
         "mask_rcnn_r101_fpn_dysample-lpg4ds_1x_coco.pth"),
+    "mmdet-recipe/faster_rcnn_R_50_CARAFE_CarafeFPN_1x_mmdet.yaml": (
+        "COCO-Detection/faster_rcnn_R_50_CARAFE_CarafeFPN_1x.yaml",
+        "faster_rcnn_r50_fpn_carafe_1x_coco_bbox_mAP-0.386_20200504_175733-385a75b7.pth"),
+    # comparison rows with no convertible released checkpoint (None)
+    **{f"mmdet-recipe/{arch}_R_50_{row}_CarafeFPN_1x_mmdet.yaml": (
+        f"COCO-{task}/{arch}_R_50_{row}_CarafeFPN_1x.yaml", None)
+       for task, arch in (("Detection", "faster_rcnn"), ("InstanceSegmentation", "mask_rcnn"))
+       for row in COMPARISON_ROWS if (arch, row) != ("faster_rcnn", "CARAFE")},
     "mmdet-recipe/panoptic_fpn_R_50_DySample_1x_mmdet.yaml": (
         "COCO-PanopticSegmentation/panoptic_fpn_R_50_DySample_1x.yaml",
         "panoptic_fpn_r50_fpn_dysample-lpg4_1x_coco.pth"),
@@ -212,12 +229,15 @@ def test_carafe_fpn_config_is_its_plain_fpn_system_on_the_carafe_fpn(name):
     """The COCO-* system of the same name with the FPN_CARAFE-layout backbone; nothing else."""
     meta_arch, depth, mask_on, upsampler = EXPECTED_CARAFE[name]
     cfg = load_config(name, tiny=False)
-    twin = load_config(name.replace("_CarafeFPN_", "_FPN_"), tiny=False)
+    twin = load_config(name.replace(f"_{upsampler}_CarafeFPN_", "_CarafeFPN_")
+                       if upsampler in COMPARISON_ROWS else
+                       name.replace("_CarafeFPN_", "_FPN_"), tiny=False)
     assert (cfg.MODEL.META_ARCHITECTURE, cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.MASK_ON) == (
         meta_arch, depth, mask_on)
     assert cfg.MODEL.BACKBONE.NAME == CARAFE_BACKBONE
-    assert cfg.MODEL.FPN.UPSAMPLER == ("nearest" if upsampler == "nearest" else "dysample")
-    if upsampler != "nearest":
+    assert cfg.MODEL.FPN.UPSAMPLER == COMPARISON_ROWS.get(
+        upsampler, "nearest" if upsampler == "nearest" else "dysample")
+    if upsampler in ("DySample", "DySample+"):
         assert cfg.MODEL.FPN.DYSAMPLE.DYSCOPE == (upsampler == "DySample+")
         assert (cfg.MODEL.FPN.DYSAMPLE.STYLE, cfg.MODEL.FPN.DYSAMPLE.GROUPS) == ("lp", 4)
     changed = {k for k, v in flat(cfg).items() if v != flat(twin)[k]}
@@ -243,6 +263,10 @@ def test_mmdet_recipe_config_is_its_system_run_as_mmdet_runs_it(name):
     assert cfg.TEST.DETECTIONS_PER_IMAGE == 100
     panoptic = task_of_config(cfg) == "panoptic"
     assert cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST == (0.6 if panoptic else 0.05)
+    if released is None:  # a comparison row: nothing released converts to it
+        assert cfg.MODEL.WEIGHTS == "" and os.path.basename(name) not in set(
+            RELEASED_CHECKPOINTS.values())
+        return
     # the released R-CNN files pick the FPN_CARAFE-layout twin of the FPN_UPSAMPLE configs
     carafe_twin = os.path.basename(name).replace("_FPN_1x", "_CarafeFPN_1x")
     assert RELEASED_CHECKPOINTS[released] == (
@@ -262,7 +286,9 @@ def test_mmdet_recipe_config_is_its_system_at_the_recipe_settings(name):
     base, _ = EXPECTED_MMDET[name]
     bases = [MMDET_BASE] + ([MMDET_PANOPTIC_BASE] if "panoptic" in name else []) + (
         [MMDET_CARAFE_BASE] if "CarafeFPN" in name else [])
-    assert_is_system_with(name, base, bases, own_keys={"MODEL.WEIGHTS"})
+    comparison_row = any(f"_{row}_" in name for row in COMPARISON_ROWS)
+    assert_is_system_with(name, base, bases, own_keys={"MODEL.WEIGHTS"} | (
+        {"MODEL.FPN.UPSAMPLER"} if comparison_row else set()))
 
 
 def one_step_configs():
@@ -283,7 +309,7 @@ def test_config_trains_one_step_and_infers(name):
     model = build_model(cfg)
     upsamplers = [m for m in model.modules() if isinstance(m, DySample)]
     # one per level pair: four on the CARAFE-layout FPN (P6 -> P5 too), three on Detectron2's
-    assert len(upsamplers) == (0 if upsampler == "nearest" else
+    assert len(upsamplers) == (0 if upsampler not in ("DySample", "DySample+") else
                                4 if cfg.MODEL.BACKBONE.NAME == CARAFE_BACKBONE else 3)
     assert all(m.dyscope == (upsampler == "DySample+") for m in upsamplers)
 
@@ -304,6 +330,9 @@ def test_config_trains_one_step_and_infers(name):
     for module in upsamplers:
         assert module.offset.weight.grad is not None
         assert module.offset.weight.grad.abs().sum() > 0
+    if upsampler in COMPARISON_ROWS:  # the deconv, pixel shuffle and CARAFE weights learn
+        learned = [p for m in model.backbone.upsamplers for p in m.parameters()]
+        assert learned and all(p.grad is not None and p.grad.abs().sum() > 0 for p in learned)
     optimizer.step()
 
     model.eval()

@@ -24,6 +24,7 @@ from mmdet_conversion import (
 )
 from dysample_d2.engine import CheckpointMismatchError, load_exact_checkpoint, setup_config
 from dysample_d2.layers import DySample
+from dysample_d2.layers.carafe import CARAFE
 from authors_dysample import AuthorsDySample
 
 from helpers import CONFIG_DIR
@@ -477,3 +478,53 @@ def test_mask_dysampleplus_without_scope_bias_refuses_a_biased_file():
     message = refuse(name, RELEASED_CHECKPOINTS_CONFIG(name), state=state)
     assert "upsample_modules.3.scope.bias: non-zero" in message
     assert "MODEL.FPN.DYSAMPLE.SCOPE_BIAS True" in message
+
+
+ZOO_FIXTURE = os.path.join(os.path.dirname(FIXTURE), "mmdet_keys_carafe_zoo.json")
+with open(ZOO_FIXTURE) as _f:
+    ZOO = json.load(_f)["models"]
+
+
+def zoo_state(name, seed=0):
+    """A state dict with the keys and shapes of mmdet's model-zoo CARAFE model `name`."""
+    gen = torch.Generator().manual_seed(seed)
+    return {key: (torch.tensor(1000) if key.endswith("num_batches_tracked") else
+                  torch.rand(shape, generator=gen) + 0.5 if key.endswith("running_var") else
+                  torch.randn(shape, generator=gen) * 0.05)
+            for key, shape in ZOO[name]["keys"].items()}
+
+
+def test_mmdet_carafe_faster_rcnn_converts_from_its_file_name(scratch, capsys):
+    """mmdet's faster_rcnn_r50_fpn_carafe_1x_coco file picks the CARAFE CarafeFPN config; its
+    CARAFE upsamplers land name for name on fpn_upsample3..6 and compute mmcv's CARAFEPack."""
+    from convert_mmdet_checkpoint import main
+
+    released = scratch / ZOO["faster_r50_carafe"]["released_file"]
+    state = zoo_state("faster_r50_carafe")
+    torch.save({"state_dict": state, "meta": {"mmdet_version": "2.0.0"}}, released)
+    out = scratch / "out.pth"
+    assert main([str(released), str(out)]) == 0, capsys.readouterr().err
+    assert "faster_rcnn_R_50_CARAFE_CarafeFPN_1x_mmdet.yaml" in capsys.readouterr().out
+    model = torch.load(out, weights_only=True)["model"]
+    assert len(model) == sum(not k.endswith("num_batches_tracked") for k in state)
+    for index, stage in enumerate((3, 4, 5, 6)):
+        for part in ("channel_compressor.weight", "content_encoder.bias"):
+            assert torch.equal(model[f"backbone.fpn_upsample{stage}.{part}"],
+                               state[f"neck.upsample_modules.{index}.{part}"])
+    carafe = CARAFE(256, 2)
+    carafe.load_state_dict({k.split("fpn_upsample6.")[1]: v for k, v in model.items()
+                            if k.startswith("backbone.fpn_upsample6.")})
+    assert carafe(torch.randn(1, 256, 3, 4)).shape == (1, 256, 6, 8)
+
+
+def test_mmdet_carafe_mask_rcnn_is_refused_naming_its_carafe_mask_head(scratch, capsys):
+    from convert_mmdet_checkpoint import main
+
+    released = scratch / ZOO["mask_r50_carafe"]["released_file"]
+    torch.save({"state_dict": zoo_state("mask_r50_carafe"), "meta": {}}, released)
+    out = scratch / "out.pth"
+    assert main([str(released), str(out), "--config-file", os.path.join(
+        CONFIG_DIR, "mmdet-recipe/mask_rcnn_R_50_CARAFE_CarafeFPN_1x_mmdet.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "mask head upsamples with CARAFE" in err and "does not convert" in err
+    assert not out.exists()

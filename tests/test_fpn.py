@@ -177,5 +177,35 @@ def test_takes_fpn_arguments_by_the_same_names_and_defaults():
     assert list(ours)[: len(fpn)] == list(fpn)
     assert all(ours[name].default == fpn[name].default for name in fpn)
     assert {k: ours[k].default for k in list(ours)[len(fpn):]} == {
+        "upsampler": "dysample", "upsampler_options": None,
         "style": "lp", "groups": 4, "dyscope": False, "scope_bias": False
     }
+
+
+@pytest.mark.parametrize("fuse", ["sum", "avg"])
+def test_nearest_upsampler_is_detectron2s_fpn_exactly(fuse):
+    """MODEL.FPN.UPSAMPLER "nearest": Detectron2's FPN, bit for bit, with the same weights."""
+    opts = ["MODEL.FPN.FUSE_TYPE", fuse]
+    theirs = backbone(R50_DET, tiny=True, opts=opts)
+    ours = backbone(R50_DYSAMPLE, tiny=True, opts=opts + ["MODEL.FPN.UPSAMPLER", "nearest"])
+    assert not any(isinstance(m, DySample) for m in ours.modules())
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        a, b = theirs(x), ours(x)
+    assert list(a) == list(b)
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+@pytest.mark.parametrize("upsampler", ["bilinear", "deconv", "pixel_shuffle", "carafe"])
+def test_other_upsamplers_add_the_upsampled_top_to_the_lateral(upsampler):
+    model = backbone(R50_DYSAMPLE, tiny=True, opts=["MODEL.FPN.UPSAMPLER", upsampler])
+    assert [n for n, _ in model.named_children() if n.startswith("fpn_upsample")] == [
+        "fpn_upsample5", "fpn_upsample4", "fpn_upsample3"]
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        out = model(x)
+        expected = separate_sum_forward(model, x)
+    for level, want in zip((2, 3, 4, 5), expected):
+        assert torch.equal(out[f"p{level}"], want)

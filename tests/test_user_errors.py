@@ -106,6 +106,26 @@ def test_num_classes_must_fit_the_datasets(coco_root, tmp_path, config, argv, ex
     assert refused(config, *argv, "OUTPUT_DIR", out, out=out) == expected
 
 
+CARAFE_FPN = os.path.join(REPO, "configs/quickstart/faster_rcnn_R_50_CARAFE_CarafeFPN_tiny.yaml")
+
+
+@pytest.mark.parametrize("config, argv, expected", [
+    (CARAFE_FPN, ["MODEL.FPN.UPSAMPLER", "bicubic"],
+     "MODEL.FPN.UPSAMPLER must be one of ['nearest', 'bilinear', 'deconv', 'pixel_shuffle', "
+     "'carafe', 'dysample'], got 'bicubic'"),
+    (CARAFE_FPN, ["MODEL.FPN.CARAFE.ENCODER_KERNEL", "2"],
+     "MODEL.FPN.CARAFE.ENCODER_KERNEL must be odd (the output keeps the input's size), got 2"),
+    (CARAFE_FPN, ["MODEL.FPN.CARAFE.UP_GROUP", "5"],
+     "MODEL.FPN.CARAFE.UP_GROUP=5 must divide MODEL.FPN.OUT_CHANNELS=256; allowed values: "
+     "[1, 2, 4, 8, 16, 32, 64, 128, 256]"),
+    (DET, ["MODEL.FPN.UPSAMPLER", "deconv", "MODEL.FPN.UPSAMPLE_KERNEL", "0"],
+     "MODEL.FPN.UPSAMPLE_KERNEL must be an int >= 1, got 0"),
+])
+def test_bad_fpn_upsampler_is_one_line_naming_the_key(tmp_path, config, argv, expected):
+    out = tmp_path / "out"
+    assert refused(config, *argv, "OUTPUT_DIR", out, out=out).endswith(expected)
+
+
 @pytest.mark.parametrize("config, override, expected", [
     (LSJ, "model.roi_heads.num_classes=10",
      "model.roi_heads.num_classes is 10 but dataset 'coco_2017_train' has 80 thing_classes: "

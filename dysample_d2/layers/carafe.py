@@ -113,7 +113,11 @@ class CARAFE(nn.Module):
             compressed_channels, up_kernel**2 * up_group * scale**2, encoder_kernel,
             padding=(encoder_kernel - 1) * encoder_dilation // 2, dilation=encoder_dilation,
         )
-        # mmcv's CARAFEPack.init_weights: xavier-uniform convs, then the encoder N(0, 0.001)
+        self.init_weights()
+
+    def init_weights(self):
+        """mmcv's ``CARAFEPack.init_weights``: xavier-uniform convs (zero biases), then the
+        content encoder N(0, 0.001); FPN_CARAFE calls it again after its own xavier init."""
         for conv in (self.channel_compressor, self.content_encoder):
             nn.init.xavier_uniform_(conv.weight)
             nn.init.zeros_(conv.bias)

@@ -21,26 +21,11 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from torch import nn
 
-from ..config import carafe_fpn_upsampler_from_config, dysample_kwargs_from_config
-from ..layers import DEFAULTS, DySample
+from ..config import fpn_upsampler_from_config
+from ..layers import DEFAULTS, DySample, build_upsampler
+from ..layers.carafe import CARAFE
 
-__all__ = ["CarafeFPN", "build_carafe_fpn_upsampler", "build_resnet_carafe_fpn_backbone"]
-
-
-def build_carafe_fpn_upsampler(name: str, channels: int, **dysample_args) -> nn.Module:
-    """
-    The 2x upsampler of one top-down step: a module whose ``forward(x)`` returns the full
-    2H x 2W map.
-
-    Args:
-        name: "dysample" (``dysample_args``: style, groups, dyscope, scope_bias) or "nearest"
-            (``F.interpolate(scale_factor=2, mode="nearest")``, FPN_CARAFE's "nearest").
-    """
-    if name == "dysample":
-        return DySample(channels, 2, **dysample_args)
-    if name == "nearest":
-        return nn.Upsample(scale_factor=2, mode="nearest")
-    raise ValueError(f"upsampler must be one of ['dysample', 'nearest'], got {name!r}")
+__all__ = ["CarafeFPN", "build_resnet_carafe_fpn_backbone", "upsample_add"]
 
 
 class CarafeFPN(Backbone):
@@ -52,14 +37,14 @@ class CarafeFPN(Backbone):
     (1x1) and ``fpn_output{s}`` (3x3) per input stage; the extra level's 3x3 stride-2
     lateral is ``fpn_lateral{s+1}`` and its output conv ``fpn_output{s+1}``. The upsampler
     that takes level k to level k - 1 is ``fpn_upsample{k}`` (fpn_upsample3..6), as in
-    :class:`DySampleFPN`. All convs, the upsamplers' included, start from mmcv's
-    ``xavier_init(distribution="uniform")`` (zero biases), as FPN_CARAFE.init_weights
-    initialises them (the authors' logs: "Initialized by user-defined `init_weights` in
-    FPN_CARAFE" for every neck weight).
+    :class:`DySampleFPN`. All convs and transposed convs, the upsamplers' included, start from
+    mmcv's ``xavier_init(distribution="uniform")`` (zero biases), then CARAFE re-initializes
+    its content encoder, as FPN_CARAFE.init_weights does (the DySample authors' logs:
+    "Initialized by user-defined `init_weights` in FPN_CARAFE" for every neck weight).
     """
 
     def __init__(self, bottom_up, in_features, out_channels, norm="", upsampler="dysample",
-                 *, style=DEFAULTS["style"], groups=DEFAULTS["groups"],
+                 upsampler_options=None, *, style=DEFAULTS["style"], groups=DEFAULTS["groups"],
                  dyscope=DEFAULTS["dyscope"], scope_bias=DEFAULTS["scope_bias"]):
         """
         Args:
@@ -68,7 +53,10 @@ class CarafeFPN(Backbone):
             out_channels (int): channels of every output level.
             norm (str): as for Detectron2's FPN (a norm after each lateral and output conv;
                 "" for none, as the authors' models).
-            upsampler (str): see :func:`build_carafe_fpn_upsampler`.
+            upsampler (str): one of :data:`dysample_d2.layers.UPSAMPLERS`, built by
+                :func:`dysample_d2.layers.build_upsampler` for each top-down step.
+            upsampler_options (dict, optional): that upsampler's options
+                (:data:`dysample_d2.layers.UPSAMPLER_OPTIONS`), e.g. ``{"up_kernel": 5}``.
             style, groups, dyscope, scope_bias: DySample's, for ``upsampler="dysample"``.
         """
         super().__init__()
@@ -79,9 +67,10 @@ class CarafeFPN(Backbone):
             raise ValueError(f"in_features {in_features} must have strides doubling, got {strides}")
         stages = [int(math.log2(s)) for s in strides] + [int(math.log2(strides[-1])) + 1]
         use_bias = norm == ""
-        upsampler_args = {} if upsampler != "dysample" else dict(
-            style=style, groups=groups, dyscope=dyscope, scope_bias=scope_bias)
-        self.lateral_convs, self.output_convs, self.upsamplers = [], [], []
+        options = dict(upsampler_options or {})
+        if upsampler == "dysample":
+            options = {**dict(style=style, groups=groups, dyscope=dyscope,
+                              scope_bias=scope_bias), **options}
         for index, stage in enumerate(stages):
             extra = index == len(in_features)  # the stride-2 lateral on the last input
             in_channels = input_shapes[in_features[min(index, len(in_features) - 1)]].channels
@@ -92,24 +81,42 @@ class CarafeFPN(Backbone):
                             bias=use_bias, norm=get_norm(norm, out_channels))
             self.add_module(f"fpn_lateral{stage}", lateral)
             self.add_module(f"fpn_output{stage}", output)
-            self.lateral_convs.append(lateral)
-            self.output_convs.append(output)
             if index > 0:
-                up = build_carafe_fpn_upsampler(upsampler, out_channels, **upsampler_args)
-                self.add_module(f"fpn_upsample{stage}", up)
-                self.upsamplers.append(up)
+                self.add_module(f"fpn_upsample{stage}",
+                                build_upsampler(upsampler, out_channels, 2, **options))
         for module in self.modules():
-            if isinstance(module, nn.Conv2d):
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+        for module in self.modules():
+            if isinstance(module, CARAFE):
+                module.init_weights()
 
         self.bottom_up = bottom_up
         self.in_features = tuple(in_features)
         self.upsampler = upsampler
+        self._stages = tuple(stages)
         self._out_features = [f"p{s}" for s in stages]
         self._out_feature_strides = {f"p{s}": 2**s for s in stages}
         self._out_feature_channels = {f: out_channels for f in self._out_features}
+
+    # Looked up among the submodules by name: a replica (``nn.DataParallel``) shares this
+    # module's Python attributes but has its own submodules.
+    @property
+    def lateral_convs(self):
+        """The lateral conv of each level, finest first (``fpn_lateral{s}``)."""
+        return [getattr(self, f"fpn_lateral{s}") for s in self._stages]
+
+    @property
+    def output_convs(self):
+        """The output conv of each level, finest first (``fpn_output{s}``)."""
+        return [getattr(self, f"fpn_output{s}") for s in self._stages]
+
+    @property
+    def upsamplers(self):
+        """The upsampler onto each level but the coarsest, finest first (``fpn_upsample{s}``)."""
+        return [getattr(self, f"fpn_upsample{s}") for s in self._stages[1:]]
 
     @property
     def size_divisibility(self):
@@ -130,8 +137,9 @@ class CarafeFPN(Backbone):
         inputs = [features[f] for f in self.in_features]
         inputs.append(inputs[-1])  # the extra lateral reads the last input again
         laterals = [conv(t) for conv, t in zip(self.lateral_convs, inputs)]
+        upsamplers = self.upsamplers
         for index in range(len(laterals) - 1, 0, -1):  # coarsest pair first
-            laterals[index - 1] = upsample_add(self.upsamplers[index - 1], laterals[index],
+            laterals[index - 1] = upsample_add(upsamplers[index - 1], laterals[index],
                                                laterals[index - 1])
         outputs = [conv(t) for conv, t in zip(self.output_convs, laterals)]
         return dict(zip(self._out_features, outputs))
@@ -165,10 +173,10 @@ def upsample_add(upsampler: nn.Module, top: torch.Tensor, lateral: torch.Tensor)
 def build_resnet_carafe_fpn_backbone(cfg, input_shape: ShapeSpec):
     """
     ResNet + the CARAFE-layout FPN (:class:`CarafeFPN`): MODEL.FPN.IN_FEATURES, OUT_CHANNELS,
-    NORM, UPSAMPLER, and MODEL.FPN.DYSAMPLE.* when UPSAMPLER is "dysample".
+    NORM, UPSAMPLER and that upsampler's options (MODEL.FPN.DYSAMPLE.*, MODEL.FPN.CARAFE.*,
+    MODEL.FPN.UPSAMPLE_KERNEL).
     """
-    upsampler = carafe_fpn_upsampler_from_config(cfg)  # validate before building anything
-    dysample_kwargs = dysample_kwargs_from_config(cfg) if upsampler == "dysample" else {}
+    upsampler, options = fpn_upsampler_from_config(cfg)  # validate before building anything
     bottom_up = build_resnet_backbone(cfg, input_shape)
     return CarafeFPN(bottom_up, cfg.MODEL.FPN.IN_FEATURES, cfg.MODEL.FPN.OUT_CHANNELS,
-                     norm=cfg.MODEL.FPN.NORM, upsampler=upsampler, **dysample_kwargs)
+                     norm=cfg.MODEL.FPN.NORM, upsampler=upsampler, upsampler_options=options)

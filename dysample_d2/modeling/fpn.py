@@ -5,8 +5,9 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
-from ..config import dysample_kwargs_from_config
-from ..layers import DEFAULTS, DySample
+from ..config import fpn_upsampler_from_config
+from ..layers import DEFAULTS, build_upsampler
+from .carafe_fpn import upsample_add
 
 __all__ = [
     "DySampleFPN",
@@ -18,7 +19,9 @@ __all__ = [
 class DySampleFPN(FPN):
     """
     Detectron2's :class:`FPN` whose top-down pathway upsamples with one :class:`DySample`
-    per step instead of nearest interpolation.
+    per step instead of nearest interpolation, or with any other of
+    :data:`dysample_d2.layers.UPSAMPLERS` (``upsampler``): "nearest" is Detectron2's FPN
+    exactly; the others add ``upsampler(top)[..., :h, :w]`` to the (h x w) lateral.
 
     All of FPN's parameters keep their names (``fpn_lateral{k}``, ``fpn_output{k}``, ...),
     so a nearest-FPN checkpoint loads into it. The upsampler that takes level k to level
@@ -36,6 +39,8 @@ class DySampleFPN(FPN):
         fuse_type="sum",
         square_pad=0,
         *,
+        upsampler="dysample",
+        upsampler_options=None,
         style=DEFAULTS["style"],
         groups=DEFAULTS["groups"],
         dyscope=DEFAULTS["dyscope"],
@@ -46,30 +51,37 @@ class DySampleFPN(FPN):
             bottom_up, in_features, out_channels, norm, top_block, fuse_type, square_pad: as
                 for :class:`detectron2.modeling.FPN` (the same names, so a lazy config's
                 ``L(FPN)(...)`` node becomes a DySample-FPN by its target alone).
-            style, groups, dyscope, scope_bias: as for :class:`DySample`; every upsampler has
-                the FPN's out_channels and scale 2. Bad values raise DySample's ValueError
-                (argument name and allowed values) before the FPN is built.
+            upsampler (str): one of :data:`dysample_d2.layers.UPSAMPLERS`, built by
+                :func:`dysample_d2.layers.build_upsampler` with the FPN's out_channels and
+                scale 2 for each top-down step.
+            upsampler_options (dict, optional): that upsampler's options
+                (:data:`dysample_d2.layers.UPSAMPLER_OPTIONS`), e.g. ``{"up_kernel": 5}``.
+            style, groups, dyscope, scope_bias: as for :class:`DySample`, for
+                ``upsampler="dysample"``. Bad values raise ValueError (argument name and
+                allowed values) before the FPN is built.
         """
         input_shapes = bottom_up.output_shape()
         # Top-down order, as self.lateral_convs: coarsest level first, finest last.
         stages = [int(math.log2(input_shapes[f].stride)) for f in reversed(in_features)]
-        upsamplers = [
-            DySample(out_channels, 2, style=style, groups=groups, dyscope=dyscope,
-                     scope_bias=scope_bias)
-            for _ in stages[:-1]
-        ]
+        options = dict(upsampler_options or {})
+        if upsampler == "dysample":
+            options = {**dict(style=style, groups=groups, dyscope=dyscope,
+                              scope_bias=scope_bias), **options}
+        upsamplers = [build_upsampler(upsampler, out_channels, 2, **options)
+                      for _ in stages[:-1]]
         super().__init__(bottom_up, in_features, out_channels, norm=norm, top_block=top_block,
                          fuse_type=fuse_type, square_pad=square_pad)
-        for stage, upsampler in zip(stages, upsamplers):
-            self.add_module(f"fpn_upsample{stage}", upsampler)
+        for stage, module in zip(stages, upsamplers):
+            self.add_module(f"fpn_upsample{stage}", module)
         self._top_down_stages = tuple(stages)
+        self.upsampler = upsampler  # "dysample": each step calls fpn_upsample{k}(x, add_to=)
 
     # not compiled by torch.jit.script (its names are built at run time)
     __jit_unused_properties__ = ["upsamplers"]
 
     @property
     def upsamplers(self):
-        """The DySample of each top-down step, coarsest first (``fpn_upsample{k}``)."""
+        """The upsampler of each top-down step, coarsest first (``fpn_upsample{k}``)."""
         return [getattr(self, f"fpn_upsample{k}") for k in self._top_down_stages[:-1]]
 
     def _top_down_modules(self):
@@ -98,9 +110,12 @@ class DySampleFPN(FPN):
         results = [output_conv(prev_features)]
         for idx, (lateral_conv, output_conv, upsampler) in enumerate(steps, start=1):
             lateral_features = lateral_conv(bottom_up_features[self.in_features[-idx - 1]])
-            # lateral_features + upsample(prev_features), summed in place (nothing else uses
-            # the lateral output); the CPU kernel adds as it samples
-            prev_features = upsampler(prev_features, add_to=lateral_features)
+            if self.upsampler == "dysample":
+                # lateral_features + upsample(prev_features), summed in place (nothing else
+                # uses the lateral output); the CPU kernel adds as it samples
+                prev_features = upsampler(prev_features, add_to=lateral_features)
+            else:
+                prev_features = upsample_add(upsampler, prev_features, lateral_features)
             if self._fuse_type == "avg":
                 prev_features = prev_features / 2
             results.insert(0, output_conv(prev_features))
@@ -116,7 +131,7 @@ class DySampleFPN(FPN):
 
 
 def _build_dysample_fpn(cfg, input_shape: ShapeSpec, top_block_fn):
-    dysample_kwargs = dysample_kwargs_from_config(cfg)  # validate before building anything
+    upsampler, options = fpn_upsampler_from_config(cfg)  # validate before building anything
     bottom_up = build_resnet_backbone(cfg, input_shape)
     return DySampleFPN(
         bottom_up=bottom_up,
@@ -125,13 +140,15 @@ def _build_dysample_fpn(cfg, input_shape: ShapeSpec, top_block_fn):
         norm=cfg.MODEL.FPN.NORM,
         top_block=top_block_fn(bottom_up),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
-        **dysample_kwargs,
+        upsampler=upsampler,
+        upsampler_options=options,
     )
 
 
 @BACKBONE_REGISTRY.register()
 def build_resnet_dysample_fpn_backbone(cfg, input_shape: ShapeSpec):
-    """ResNet + DySample-FPN with a max-pooled P6, as ``build_resnet_fpn_backbone``."""
+    """ResNet + DySample-FPN with a max-pooled P6, as ``build_resnet_fpn_backbone``; the
+    top-down upsampler from MODEL.FPN.UPSAMPLER (default "dysample", MODEL.FPN.DYSAMPLE.*)."""
     return _build_dysample_fpn(cfg, input_shape, lambda bottom_up: LastLevelMaxPool())
 
 

@@ -21,8 +21,8 @@ from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
 from detectron2.utils.registry import locate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..config import CARAFE_FPN_UPSAMPLERS
-from ..layers import DEFAULTS, check_dysample_arguments
+from ..layers import (DEFAULTS, UPSAMPLER_OPTIONS, check_dysample_arguments,
+                      check_upsampler_arguments)
 from .carafe_fpn import CarafeFPN
 from .fpn import DySampleFPN
 from .semantic_seg import DySampleSemSegFPNHead
@@ -101,7 +101,7 @@ def to_dysample(node, **dysample_args):
 _CARAFE_FPN_KEPT = ("bottom_up", "in_features", "out_channels", "norm")
 
 
-def to_carafe_fpn(node, upsampler="dysample", **dysample_args):
+def to_carafe_fpn(node, upsampler="dysample", **options):
     """
     Turn a ``LazyCall(FPN)`` node into a ``LazyCall(CarafeFPN)`` node in place (the
     CARAFE-layout FPN of the DySample authors' R-CNN models), keeping its bottom-up network,
@@ -109,13 +109,17 @@ def to_carafe_fpn(node, upsampler="dysample", **dysample_args):
     P6 is its own stride-2 lateral.
 
     Args:
-        upsampler: "dysample" or "nearest" (see ``build_carafe_fpn_upsampler``).
-        dysample_args: style, groups, dyscope, scope_bias, as for :class:`DySample`.
+        upsampler: one of :data:`dysample_d2.layers.UPSAMPLERS`.
+        options: that upsampler's options (:data:`dysample_d2.layers.UPSAMPLER_OPTIONS`):
+            for "dysample" style, groups, dyscope, scope_bias (node keys, as
+            :func:`to_dysample` sets them), for the others the node's ``upsampler_options``
+            (e.g. ``up_kernel=5`` for "carafe").
     """
-    unknown = sorted(set(dysample_args) - set(DEFAULTS))
+    allowed = UPSAMPLER_OPTIONS.get(upsampler, {})
+    unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise TypeError(f"to_carafe_fpn: unknown DySample arguments {unknown}; "
-                        f"allowed: {list(DEFAULTS)}")
+        raise TypeError(f"to_carafe_fpn: unknown arguments {unknown} of upsampler "
+                        f"{upsampler!r}; allowed: {list(allowed)}")
     current = _target(node)
     if not (isinstance(current, type) and issubclass(current, FPN)):
         name = getattr(current, "__name__", current)
@@ -127,7 +131,11 @@ def to_carafe_fpn(node, upsampler="dysample", **dysample_args):
     for key in list(node.keys()):
         del node[key]
     node._target_ = CarafeFPN
-    node.update({**kept, "upsampler": upsampler, **DEFAULTS, **dysample_args})
+    node.update({**kept, "upsampler": upsampler})
+    if upsampler == "dysample":
+        node.update({**DEFAULTS, **options})
+    else:
+        node.upsampler_options = options
     check_lazy_dysample_arguments(node)
     return node
 
@@ -142,12 +150,23 @@ def _pyramid_channels(node):
 # LazyCall targets that build DySample modules from DySample's arguments -> the channels of
 # those modules as the node tells them (an empty list where only the built network knows).
 DYSAMPLE_TARGETS = {
-    DySampleFPN: lambda node: [node.out_channels],
-    CarafeFPN: lambda node: ([node.out_channels]
-                             if node.get("upsampler", "dysample") == "dysample" else []),
     DySampleSimpleFeaturePyramid: _pyramid_channels,
     DySampleSemSegFPNHead: lambda node: [node.conv_dims],
 }
+
+
+def _check_lazy_fpn_upsampler(node, prefix):
+    """The upsampler of a LazyCall(CarafeFPN) / LazyCall(DySampleFPN) node, by
+    `check_upsampler_arguments`: DySample's arguments are node keys, the others' under
+    ``upsampler_options``."""
+    name = node.get("upsampler", "dysample")
+    options = dict(node.get("upsampler_options") or {})
+    names = {"name": f"{prefix}.upsampler", "channels": f"{prefix}.out_channels",
+             **{k: f"{prefix}.upsampler_options.{k}" for k in options},
+             **{k: f"{prefix}.{k}" for k in DEFAULTS if k not in options}}
+    if name == "dysample":
+        options = {**{k: node.get(k, default) for k, default in DEFAULTS.items()}, **options}
+    check_upsampler_arguments(name, node.out_channels, 2, options, names=names)
 
 
 def check_lazy_dysample_arguments(cfg, path=None) -> None:
@@ -161,9 +180,8 @@ def check_lazy_dysample_arguments(cfg, path=None) -> None:
         path = cfg._get_full_key(None) if isinstance(cfg, (DictConfig, ListConfig)) else ""
     if isinstance(cfg, DictConfig):
         target = _target(cfg) if "_target_" in cfg else None
-        if target is CarafeFPN and cfg.get("upsampler", "dysample") not in CARAFE_FPN_UPSAMPLERS:
-            raise ValueError(f"{path or 'CarafeFPN'}.upsampler must be one of "
-                             f"{list(CARAFE_FPN_UPSAMPLERS)}, got {cfg.upsampler!r}")
+        if target in (CarafeFPN, DySampleFPN):
+            _check_lazy_fpn_upsampler(cfg, path or target.__name__)
         if target in DYSAMPLE_TARGETS:
             args = {k: cfg.get(k, default) for k, default in DEFAULTS.items()}
             prefix = path or target.__name__

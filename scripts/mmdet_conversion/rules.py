@@ -17,7 +17,7 @@ backbone.layer{n}.{m}.downsample.0 / .1      backbone.bottom_up.res{n+1}.{m}.sho
 neck.lateral_convs.{i}.conv                  backbone.fpn_lateral{s_i}
 neck.fpn_convs.{i}.conv                      backbone.fpn_output{s_i}
 neck.upsample_modules.{i}                    backbone.fpn_upsample{s_(i+1)} (it upsamples
-                                             lateral i+1 onto lateral i)
+  (DySample, CARAFE, pixel shuffle, deconv)  lateral i+1 onto lateral i; names kept)
 neck.lateral_convs.{n} / fpn_convs.{n}       backbone.fpn_lateral{s_n} / fpn_output{s_n}, the
   (FPN_CARAFE, n = number of inputs)         extra level: s_n = s_(n-1) + 1 (P6)
 rpn_head.rpn_conv / rpn_cls / rpn_reg        proposal_generator.rpn_head.conv / objectness_logits
@@ -112,8 +112,10 @@ _RULES = [
      lambda m, f: f"backbone.fpn_lateral{_level(f, int(m[1]))}.{m[2]}"),
     (rf"neck\.fpn_convs\.(\d+)\.conv\.{_WB}",
      lambda m, f: f"backbone.fpn_output{_level(f, int(m[1]))}.{m[2]}"),
-    (r"neck\.upsample_modules\.(\d+)\.(offset\.weight|offset\.bias|scope\.weight|scope\.bias"
-     r"|init_pos)",
+    # DySample; CARAFE (mmcv's CARAFEPack); pixel shuffle (PixelShufflePack); deconv (a bare
+    # ConvTranspose2d): this project's upsamplers keep those names
+    (r"neck\.upsample_modules\.(\d+)\.((?:offset|scope|channel_compressor|content_encoder"
+     r"|upsample_conv)\.(?:weight|bias)|init_pos|weight|bias)",
      lambda m, f: f"backbone.fpn_upsample{_level(f, int(m[1]) + 1)}.{m[2]}"),
     (rf"rpn_head\.rpn_conv\.{_WB}", lambda m, f: f"proposal_generator.rpn_head.conv.{m[1]}"),
     (rf"rpn_head\.rpn_cls\.{_WB}",
