@@ -61,10 +61,12 @@ def test_upsamplers_are_registered_once_under_their_names():
     assert len(list(fpn.parameters())) == len(dict(fpn.named_parameters()))
 
 
-def test_scripting_stops_at_detectron2s_resnet_as_for_its_fpn():
-    """torch.jit.script of the DySample-FPN stops where it stops for Detectron2's FPN: at the
-    ResNet's Python list of stages (DySampleFPN adds no earlier failure)."""
+def test_scripting_stops_in_one_line_naming_tracing_and_torch_export():
+    """torch.jit.script of the DySample-FPN, alone or inside a model, stops before compiling
+    anything, with a message that names what works."""
     backbone = build_backbone(load_config(DYSAMPLE_FPN))
     assert isinstance(backbone, FPN)
-    with pytest.raises(RuntimeError, match="'ResNet' has no attribute 'stages'"):
-        torch.jit.script(backbone)
+    for module in (backbone, torch.nn.Sequential(backbone)):
+        with pytest.raises(RuntimeError, match="torch.jit.trace .* or torch.export") as error:
+            torch.jit.script(module)
+        assert "\n" not in str(error.value)

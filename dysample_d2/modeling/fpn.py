@@ -79,6 +79,14 @@ class DySampleFPN(FPN):
     # not compiled by torch.jit.script (its names are built at run time)
     __jit_unused_properties__ = ["upsamplers"]
 
+    def __prepare_scriptable__(self):
+        """torch.jit.script (and Detectron2's ``scripting_with_instances``) calls this on every
+        submodule first: stop there in one line, since the top-down step looks its modules up
+        by name and DySample's CPU kernel is an autograd Function."""
+        raise RuntimeError(
+            "DySampleFPN cannot be compiled by torch.jit.script: export it with "
+            "torch.jit.trace (Detectron2's TracingAdapter) or torch.export instead")
+
     @property
     def upsamplers(self):
         """The upsampler of each top-down step, coarsest first (``fpn_upsample{k}``)."""
