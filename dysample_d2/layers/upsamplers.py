@@ -30,7 +30,7 @@ from .dysample import DEFAULTS as DYSAMPLE_DEFAULTS
 from .dysample import DySample, check_dysample_arguments
 
 __all__ = ["UPSAMPLERS", "UPSAMPLER_OPTIONS", "PixelShufflePack", "build_upsampler",
-           "check_upsampler_arguments"]
+           "check_upsampler_arguments", "neck_upsampler_options"]
 
 UPSAMPLERS = ("nearest", "bilinear", "deconv", "pixel_shuffle", "carafe", "dysample")
 # the options each upsampler takes, with their defaults
@@ -152,3 +152,13 @@ def build_upsampler(name: str, channels: int, scale: int = 2, **options) -> nn.M
     if name == "carafe":
         return CARAFE(channels, scale, **options)
     return DySample(channels, scale, **options)
+
+
+def neck_upsampler_options(name: str, options=None, **dysample_args) -> Dict[str, object]:
+    """
+    The options an FPN passes to `build_upsampler` for upsampler ``name``: ``options``, after
+    the FPN's own DySample arguments (style, groups, dyscope, scope_bias) when ``name`` is
+    "dysample" (an option given in ``options`` wins).
+    """
+    options = dict(options or {})
+    return {**dysample_args, **options} if name == "dysample" else options

@@ -22,7 +22,7 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from torch import nn
 
 from ..config import fpn_upsampler_from_config
-from ..layers import DEFAULTS, DySample, build_upsampler
+from ..layers import DEFAULTS, DySample, build_upsampler, neck_upsampler_options
 from ..layers.carafe import CARAFE
 
 __all__ = ["CarafeFPN", "build_resnet_carafe_fpn_backbone", "upsample_add"]
@@ -67,10 +67,8 @@ class CarafeFPN(Backbone):
             raise ValueError(f"in_features {in_features} must have strides doubling, got {strides}")
         stages = [int(math.log2(s)) for s in strides] + [int(math.log2(strides[-1])) + 1]
         use_bias = norm == ""
-        options = dict(upsampler_options or {})
-        if upsampler == "dysample":
-            options = {**dict(style=style, groups=groups, dyscope=dyscope,
-                              scope_bias=scope_bias), **options}
+        options = neck_upsampler_options(upsampler, upsampler_options, style=style,
+                                         groups=groups, dyscope=dyscope, scope_bias=scope_bias)
         for index, stage in enumerate(stages):
             extra = index == len(in_features)  # the stride-2 lateral on the last input
             in_channels = input_shapes[in_features[min(index, len(in_features) - 1)]].channels

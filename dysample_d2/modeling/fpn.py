@@ -6,7 +6,7 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
 from ..config import fpn_upsampler_from_config
-from ..layers import DEFAULTS, build_upsampler
+from ..layers import DEFAULTS, build_upsampler, neck_upsampler_options
 from .carafe_fpn import upsample_add
 
 __all__ = [
@@ -63,10 +63,8 @@ class DySampleFPN(FPN):
         input_shapes = bottom_up.output_shape()
         # Top-down order, as self.lateral_convs: coarsest level first, finest last.
         stages = [int(math.log2(input_shapes[f].stride)) for f in reversed(in_features)]
-        options = dict(upsampler_options or {})
-        if upsampler == "dysample":
-            options = {**dict(style=style, groups=groups, dyscope=dyscope,
-                              scope_bias=scope_bias), **options}
+        options = neck_upsampler_options(upsampler, upsampler_options, style=style,
+                                         groups=groups, dyscope=dyscope, scope_bias=scope_bias)
         upsamplers = [build_upsampler(upsampler, out_channels, 2, **options)
                       for _ in stages[:-1]]
         super().__init__(bottom_up, in_features, out_channels, norm=norm, top_block=top_block,
