@@ -6,6 +6,7 @@ from .modeling import (
     DySampleFPN,
     DySampleSemSegFPNHead,
     DySampleSimpleFeaturePyramid,
+    MaskRCNNCarafeUpsampleHead,
     build_resnet_carafe_fpn_backbone,
     build_resnet_dysample_fpn_backbone,
     build_retinanet_resnet_dysample_fpn_backbone,

@@ -51,6 +51,20 @@ def _add_site_keys(node):
     node.SCOPE_BIAS = DEFAULTS["scope_bias"]
 
 
+def _add_carafe_keys(node):
+    # Reassembly kernel size (odd).
+    node.UP_KERNEL = CARAFE_DEFAULTS["up_kernel"]
+    # Channel groups, each with its own kernels; must divide the channels it upsamples
+    # (MODEL.FPN.OUT_CHANNELS, MODEL.ROI_MASK_HEAD.CONV_DIM).
+    node.UP_GROUP = CARAFE_DEFAULTS["up_group"]
+    # Kernel size (odd) of the content encoder that predicts the reassembly kernels.
+    node.ENCODER_KERNEL = CARAFE_DEFAULTS["encoder_kernel"]
+    # Dilation of the content encoder.
+    node.ENCODER_DILATION = CARAFE_DEFAULTS["encoder_dilation"]
+    # Output channels of the 1x1 channel compressor before the content encoder.
+    node.COMPRESSED_CHANNELS = CARAFE_DEFAULTS["compressed_channels"]
+
+
 def add_dysample_config(cfg):
     """
     Add the DySample keys to a Detectron2 config (in place), the same four at each site:
@@ -81,16 +95,11 @@ def add_dysample_config(cfg):
     cfg.MODEL.FPN.UPSAMPLE_KERNEL = UPSAMPLER_OPTIONS["deconv"]["upsample_kernel"]
     # The "carafe" upsampler (mmcv's CARAFEPack defaults, as mmdet's FPN_CARAFE configs).
     cfg.MODEL.FPN.CARAFE = CN()
-    # Reassembly kernel size (odd).
-    cfg.MODEL.FPN.CARAFE.UP_KERNEL = CARAFE_DEFAULTS["up_kernel"]
-    # Channel groups, each with its own kernels; must divide MODEL.FPN.OUT_CHANNELS.
-    cfg.MODEL.FPN.CARAFE.UP_GROUP = CARAFE_DEFAULTS["up_group"]
-    # Kernel size (odd) of the content encoder that predicts the reassembly kernels.
-    cfg.MODEL.FPN.CARAFE.ENCODER_KERNEL = CARAFE_DEFAULTS["encoder_kernel"]
-    # Dilation of the content encoder.
-    cfg.MODEL.FPN.CARAFE.ENCODER_DILATION = CARAFE_DEFAULTS["encoder_dilation"]
-    # Output channels of the 1x1 channel compressor before the content encoder.
-    cfg.MODEL.FPN.CARAFE.COMPRESSED_CHANNELS = CARAFE_DEFAULTS["compressed_channels"]
+    _add_carafe_keys(cfg.MODEL.FPN.CARAFE)
+    # The CARAFE of the mask head MaskRCNNCarafeUpsampleHead (MODEL.ROI_MASK_HEAD.NAME), as
+    # mmdet's CARAFE Mask R-CNN configs set it.
+    cfg.MODEL.ROI_MASK_HEAD.CARAFE = CN()
+    _add_carafe_keys(cfg.MODEL.ROI_MASK_HEAD.CARAFE)
     cfg.MODEL.SEM_SEG_HEAD.DYSAMPLE = CN()
     _add_site_keys(cfg.MODEL.SEM_SEG_HEAD.DYSAMPLE)
 
@@ -141,6 +150,8 @@ def check_dysample_config(cfg) -> None:
             dysample_kwargs_from_config(cfg, site)
     if backbone in FPN_UPSAMPLER_BACKBONES:
         fpn_upsampler_from_config(cfg)
+    if cfg.MODEL.MASK_ON and cfg.MODEL.ROI_MASK_HEAD.NAME == "MaskRCNNCarafeUpsampleHead":
+        mask_head_carafe_from_config(cfg)
 
 
 def fpn_upsampler_from_config(cfg) -> Tuple[str, Dict[str, object]]:
@@ -165,3 +176,16 @@ def fpn_upsampler_from_config(cfg) -> Tuple[str, Dict[str, object]]:
                          f"(the CARAFE-layout FPN adds the upsampled map), got "
                          f"{cfg.MODEL.FPN.FUSE_TYPE!r}")
     return name, options
+
+
+def mask_head_carafe_from_config(cfg) -> Dict[str, int]:
+    """
+    MODEL.ROI_MASK_HEAD.CARAFE.*, the CARAFE options of MaskRCNNCarafeUpsampleHead, validated by
+    `check_upsampler_arguments` (ValueError naming the key and the allowed values).
+    """
+    node = _get(cfg, "MODEL.ROI_MASK_HEAD.CARAFE")
+    options = {option: node[option.upper()] for option in CARAFE_DEFAULTS}
+    names = {option: f"MODEL.ROI_MASK_HEAD.CARAFE.{option.upper()}" for option in options}
+    names["channels"] = "MODEL.ROI_MASK_HEAD.CONV_DIM"
+    return check_upsampler_arguments("carafe", cfg.MODEL.ROI_MASK_HEAD.CONV_DIM, 2, options,
+                                     names=names)

@@ -517,14 +517,46 @@ def test_mmdet_carafe_faster_rcnn_converts_from_its_file_name(scratch, capsys):
     assert carafe(torch.randn(1, 256, 3, 4)).shape == (1, 256, 6, 8)
 
 
-def test_mmdet_carafe_mask_rcnn_is_refused_naming_its_carafe_mask_head(scratch, capsys):
+def test_mmdet_carafe_mask_rcnn_converts_with_its_carafe_mask_head(scratch, capsys):
+    """mmdet's mask_rcnn_r50_fpn_carafe_1x_coco picks the CARAFE Mask R-CNN config; its mask
+    head's CARAFE lands on MaskRCNNCarafeUpsampleHead's upsample, its logits on predictor."""
     from convert_mmdet_checkpoint import main
 
     released = scratch / ZOO["mask_r50_carafe"]["released_file"]
-    torch.save({"state_dict": zoo_state("mask_r50_carafe"), "meta": {}}, released)
+    state = zoo_state("mask_r50_carafe")
+    torch.save({"state_dict": state, "meta": {}}, released)
     out = scratch / "out.pth"
-    assert main([str(released), str(out), "--config-file", os.path.join(
-        CONFIG_DIR, "mmdet-recipe/mask_rcnn_R_50_CARAFE_CarafeFPN_1x_mmdet.yaml")]) == 2
+    assert main([str(released), str(out)]) == 0, capsys.readouterr().err
+    assert "mask_rcnn_R_50_CARAFE_CarafeFPN_1x_mmdet.yaml" in capsys.readouterr().out
+    model = torch.load(out, weights_only=True)["model"]
+    assert len(model) == sum(not k.endswith("num_batches_tracked") for k in state)
+    for part in ("channel_compressor.weight", "channel_compressor.bias",
+                 "content_encoder.weight", "content_encoder.bias"):
+        assert torch.equal(model[f"roi_heads.mask_head.upsample.{part}"],
+                           state[f"roi_head.mask_head.upsample.{part}"])
+    assert torch.equal(model["roi_heads.mask_head.predictor.weight"],
+                       state["roi_head.mask_head.conv_logits.weight"])
+    assert not any(k.startswith("roi_heads.mask_head.deconv") for k in model)
+
+
+@pytest.mark.parametrize("carafe_file", [True, False])
+def test_mask_head_upsampler_mismatch_is_refused_naming_the_key(scratch, capsys, carafe_file):
+    """A CARAFE mask head file with a deconv config, or the reverse, is refused in one
+    problem line naming MODEL.ROI_MASK_HEAD.NAME and the value that converts it."""
+    from convert_mmdet_checkpoint import main
+
+    if carafe_file:  # a CARAFE mask head, a config with Detectron2's deconv head
+        state = zoo_state("mask_r50_carafe")
+        config, head = "mask_rcnn_R_50_CARAFE_CarafeFPN_1x_mmdet.yaml", "MaskRCNNCarafeUpsampleHead"
+        opts = ["MODEL.ROI_MASK_HEAD.NAME", "MaskRCNNConvUpsampleHead"]
+    else:  # a deconv mask head, the CARAFE Mask R-CNN config
+        state, opts = released_state("mask_r50_dysampleplus"), []
+        config, head = "mask_rcnn_R_50_CARAFE_CarafeFPN_1x_mmdet.yaml", "MaskRCNNConvUpsampleHead"
+    released = scratch / "model.pth"
+    torch.save({"state_dict": state, "meta": {}}, released)
+    out = scratch / "out.pth"
+    assert main([str(released), str(out), "--config-file",
+                 os.path.join(CONFIG_DIR, "mmdet-recipe", config), *opts]) == 2
     err = capsys.readouterr().err
-    assert "mask head upsamples with CARAFE" in err and "does not convert" in err
+    assert f"set MODEL.ROI_MASK_HEAD.NAME {head}" in err
     assert not out.exists()

@@ -14,7 +14,7 @@ __all__ = [
     "config_for_checkpoint", "save_checkpoint",
 ]
 
-# mmdet's FCNMaskHead with a CARAFE upsample has these tensors; no mask head here builds it
+# mmdet's FCNMaskHead with a CARAFE upsample (upsample_cfg type "carafe") has these tensors
 CARAFE_MASK_HEAD = "roi_head.mask_head.upsample.channel_compressor."
 MMDET_PIXEL_MEAN = (123.675, 116.28, 103.53)  # RGB, mmdet's (torchvision's) ImageNet statistics
 MMDET_PIXEL_STD = (58.395, 57.12, 57.375)
@@ -44,6 +44,8 @@ RELEASED_CHECKPOINTS = {
     # mmdet's own model zoo (configs/carafe/metafile.yml): FPN_CARAFE with CARAFE upsamplers
     "faster_rcnn_r50_fpn_carafe_1x_coco_bbox_mAP-0.386_20200504_175733-385a75b7.pth":
         "faster_rcnn_R_50_CARAFE_CarafeFPN_1x_mmdet.yaml",
+    "mask_rcnn_r50_fpn_carafe_1x_coco_bbox_mAP-0.393__segm_mAP-0.358_20200503_135957-8687f195.pth":
+        "mask_rcnn_R_50_CARAFE_CarafeFPN_1x_mmdet.yaml",
 }
 
 
@@ -161,12 +163,17 @@ def convert_checkpoint(in_path: str, cfg, task: Optional[str] = None, reference=
         problems.append(f"--task {task!r} is not one of {TASKS}")
     elif task is not None and task != config_task:
         problems.append(f"--task {task} but the config builds a {config_task} model")
-    if any(k.startswith(CARAFE_MASK_HEAD) for k in state):
+    carafe_mask_head = any(k.startswith(CARAFE_MASK_HEAD) for k in state)
+    if carafe_mask_head != (cfg.MODEL.ROI_MASK_HEAD.NAME == "MaskRCNNCarafeUpsampleHead") and (
+            config_task == ckpt_task == "mask"):
         problems.append(
-            "the checkpoint's mask head upsamples with CARAFE (roi_head.mask_head.upsample."
-            "channel_compressor / content_encoder: mmdet's mask_head upsample_cfg type "
-            "'carafe', as in mask_rcnn_r50_fpn_carafe_1x_coco); this project's mask heads "
-            "upsample with a transposed conv only, so it does not convert")
+            "the checkpoint's mask head upsamples with "
+            + ("CARAFE (roi_head.mask_head.upsample.channel_compressor / content_encoder)"
+               if carafe_mask_head else "a transposed conv (roi_head.mask_head.upsample)")
+            + f", the config's MODEL.ROI_MASK_HEAD.NAME {cfg.MODEL.ROI_MASK_HEAD.NAME} with "
+            + ("a transposed conv: set MODEL.ROI_MASK_HEAD.NAME MaskRCNNCarafeUpsampleHead"
+               if carafe_mask_head else "CARAFE: set MODEL.ROI_MASK_HEAD.NAME "
+               "MaskRCNNConvUpsampleHead"))
     if ckpt_task != config_task:
         problems.append(f"the checkpoint holds a {ckpt_task} model, the config builds a "
                         f"{config_task} model")

@@ -26,6 +26,8 @@ roi_head.bbox_head.shared_fcs.{j}            roi_heads.box_head.fc{j+1}
 roi_head.bbox_head.fc_cls / fc_reg           roi_heads.box_predictor.cls_score / bbox_pred
 roi_head.mask_head.convs.{j}.conv            roi_heads.mask_head.mask_fcn{j+1}
 roi_head.mask_head.upsample / conv_logits    roi_heads.mask_head.deconv / predictor
+roi_head.mask_head.upsample.channel_compressor / .content_encoder (CARAFE)
+                                             roi_heads.mask_head.upsample.(same)
 semantic_head.conv_upsample_layers.{i}       sem_seg_head.p{s_i}.{2j} (+ .norm for GroupNorm)
   .conv.{j}.conv / .gn
 semantic_head.conv_logits                    sem_seg_head.predictor, rows reordered: mmdet puts
@@ -131,6 +133,9 @@ _RULES = [
     (rf"roi_head\.mask_head\.convs\.(\d)\.conv\.{_WB}",
      lambda m, f: f"roi_heads.mask_head.mask_fcn{int(m[1]) + 1}.{m[2]}"),
     (rf"roi_head\.mask_head\.upsample\.{_WB}", lambda m, f: f"roi_heads.mask_head.deconv.{m[1]}"),
+    # FCNMaskHead's CARAFE upsample (MaskRCNNCarafeUpsampleHead keeps CARAFEPack's names)
+    (rf"roi_head\.mask_head\.upsample\.(channel_compressor|content_encoder)\.{_WB}",
+     lambda m, f: f"roi_heads.mask_head.upsample.{m[1]}.{m[2]}"),
     (rf"roi_head\.mask_head\.conv_logits\.{_WB}",
      lambda m, f: f"roi_heads.mask_head.predictor.{m[1]}"),
     (r"semantic_head\.conv_upsample_layers\.(\d)\.conv\.(\d)\.conv\.weight",
