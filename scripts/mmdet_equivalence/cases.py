@@ -59,6 +59,11 @@ CASES = {
         mmdet="faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py", depth=50, neck="fpn_carafe",
         upsampler="carafe", images=2,
         config="mmdet-recipe/faster_rcnn_R_50_CARAFE_CarafeFPN_1x_mmdet.yaml"),
+    # mmdet's own CARAFE Mask R-CNN config: CARAFE in FPN_CARAFE and in the mask head
+    "mask_r50_carafefpn_carafe": dict(
+        mmdet="carafe/mask-rcnn_r50_fpn-carafe_1x_coco.py", depth=50, neck="fpn_carafe",
+        upsampler="carafe", images=2,
+        config="mmdet-recipe/mask_rcnn_R_50_CARAFE_CarafeFPN_1x_mmdet.yaml"),
     "faster_r50_carafefpn_deconv": dict(
         mmdet="faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py", depth=50, neck="fpn_carafe",
         upsampler="deconv", images=1,
@@ -110,4 +115,7 @@ REFUSALS = [
      "the checkpoint holds a det model"),
     ("faster_r50_dysample", "COCO-Detection/faster_rcnn_R_50_DySample_FPN_1x.yaml", [],
      "STRIDE_IN_1X1"),
+    ("mask_r50_carafefpn_carafe", "mmdet-recipe/mask_rcnn_R_50_CARAFE_CarafeFPN_1x_mmdet.yaml",
+     ["MODEL.ROI_MASK_HEAD.NAME", "MaskRCNNConvUpsampleHead"],
+     "set MODEL.ROI_MASK_HEAD.NAME MaskRCNNCarafeUpsampleHead"),
 ]

@@ -12,6 +12,7 @@ offsets of about a pixel, peaked classifier scores), saves WORKDIR/CASE/mmdet.pt
 the images and saves every stage (WORKDIR/CASE/mmdet_out.pt) for d2_side.py to compare.
 """
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -19,7 +20,6 @@ import sys
 import mmcv
 import mmdet
 import numpy as np
-import mmcv.ops.carafe
 import torch
 import torch.nn.functional as F
 from mmdet.registry import MODELS
@@ -155,6 +155,8 @@ def calibration_targets(model, case):
     targets.append((["roi_head.bbox_head.fc_cls"], 4.0, None))
     targets.append((["roi_head.bbox_head.fc_reg"], 1.0, 0.0))
     if hasattr(model.roi_head, "mask_head"):
+        if hasattr(model.roi_head.mask_head.upsample, "content_encoder"):  # a CARAFE mask head
+            targets.append((["roi_head.mask_head.upsample.content_encoder"], 2.0, None))
         targets.append((["roi_head.mask_head.conv_logits"], 3.0, 0.0))
     if hasattr(model, "semantic_head"):
         targets.append((["semantic_head.conv_logits"], 3.0, None))
@@ -280,7 +282,9 @@ def main(argv=None):
     parser.add_argument("--fixture", help="write the models' key names and shapes here (JSON)")
     args = parser.parse_args(argv)
     register_all_modules()
-    mmcv.ops.carafe.carafe = carafe_on_cpu  # CARAFEPack.feature_reassemble reads it
+    # CARAFEPack.feature_reassemble reads the module's global; mmcv.ops re-exports the function
+    # under the module's name, so the module is taken from sys.modules
+    importlib.import_module("mmcv.ops.carafe").carafe = carafe_on_cpu
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     images = make_images()
     torch.save(images, os.path.join(args.workdir, "images.pt"))
