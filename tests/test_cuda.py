@@ -408,16 +408,16 @@ def test_sampler_choice_for_a_cuda_input(deterministic, monkeypatch):
     assert backend.sampler_for(CUDA_INPUT) == "gather"
     assert len(messages) == 1 and "runs the gather sampler" in messages[0]  # logged once
     with torch.no_grad():  # inference: grid_sample's forward is deterministic
-        assert backend.sampler_for(CUDA_INPUT) == "auto"
+        assert backend.sampler_for(CUDA_INPUT) == "gridsample"
     with torch.inference_mode():
-        assert backend.sampler_for(CUDA_INPUT) == "auto"
+        assert backend.sampler_for(CUDA_INPUT) == "gridsample"
     for explicit in ("gridsample", "gather"):  # an explicit choice is kept
         with sampler(explicit):
             assert backend.sampler_for(CUDA_INPUT) == explicit
     torch.use_deterministic_algorithms(True, warn_only=True)
     assert backend.sampler_for(CUDA_INPUT) == "gather"
     torch.use_deterministic_algorithms(False)
-    assert backend.sampler_for(CUDA_INPUT) == "auto"
+    assert backend.sampler_for(CUDA_INPUT) == "gridsample"
     assert len(messages) == 1
 
 
@@ -426,7 +426,7 @@ def test_cpu_behaviour_is_unchanged_under_determinism(deterministic, monkeypatch
     bits as without determinism."""
     assert native.load() is not None, native.status()  # scripts/install.sh builds it
     x = torch.randn(2, 16, 7, 9)
-    assert backend.sampler_for(x) == "auto"
+    assert backend.sampler_for(x) == "kernel"
     module = randomize(DySample(16, 2, "lp", 4, True), std=0.3)
     grad = torch.randn(2, 16, 14, 18)
     calls = []
