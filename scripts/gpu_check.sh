@@ -104,7 +104,8 @@ run() {
   fi
 }
 
-run cuda_tests 240 "$PY" -m pytest -m cuda tests/test_cuda.py -q -rs -p no:cacheprovider \
+run cuda_tests 240 "$PY" -m pytest -m cuda tests/test_cuda.py tests/test_sampling.py \
+  tests/test_any_size.py tests/test_dysample.py -q -rs -p no:cacheprovider \
   --junitxml "$OUT/cuda_tests.xml"
 for dtype in float32 bfloat16; do
   run "upsamplers_$dtype" 60 "$PY" scripts/benchmark_upsamplers.py --device cuda \

@@ -1,18 +1,51 @@
-"""Shared by the DySample layer tests: every sampler, random weights, the float64 oracle."""
+"""Shared by the DySample layer tests: every sampler, every device, random weights, the
+float64 oracle."""
+import contextlib
+
 import pytest
 import torch
 
 from dysample_d2.layers import SAMPLERS, native, sampler
 from authors_dysample import AuthorsDySample
 
+# CUDA where torch has it, marked `cuda` (`pytest -m cuda` selects it); no parameter without it
+DEVICES = ["cpu"] + ([pytest.param("cuda", marks=pytest.mark.cuda)]
+                     if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """The test body runs on the CPU, and on CUDA where torch has it."""
+    return torch.device(request.param)
+
 
 @pytest.fixture(params=SAMPLERS)
 def each_sampler(request):
-    """The test body runs once per sampler ("auto" is the compiled kernel on CPU)."""
-    if request.param == "auto":
+    """The test body runs once per sampler ("auto" is the compiled kernel on eager CPU)."""
+    on_cpu = request.node.callspec.params.get("device", "cpu") == "cpu"
+    if request.param == "auto" and on_cpu:
         assert native.load() is not None, native.status()  # scripts/install.sh builds it
     with sampler(request.param):
         yield request.param
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled=True):
+    """torch.use_deterministic_algorithms(enabled) inside the block, the previous mode after."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(enabled)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=warn_only)
+
+
+@pytest.fixture
+def deterministic():
+    """torch.use_deterministic_algorithms(True) inside the test, the previous mode after."""
+    with deterministic_algorithms():
+        yield
 
 
 def zero_offsets(module):

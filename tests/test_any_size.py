@@ -11,8 +11,8 @@ from dysample_d2 import DySample
 from dysample_d2.layers import sampler
 
 from helpers import load_config
-from sampler_helpers import (  # noqa: F401  (each_sampler: a fixture)
-    each_sampler, outputs_and_grads, randomize, zero_offsets,
+from sampler_helpers import (  # noqa: F401  (device, each_sampler: fixtures)
+    device, each_sampler, outputs_and_grads, randomize, zero_offsets,
 )
 
 # (input H, W) -> output sizes: exact, one row short, one column short, both
@@ -22,10 +22,10 @@ SIZES = [(14, 18), (13, 18), (14, 17), (13, 17)]
 @pytest.mark.parametrize("style", ["lp", "pl"])
 @pytest.mark.parametrize("dyscope", [False, True])
 @pytest.mark.parametrize("size", SIZES + [(19, 25)])  # (19, 25): scale 3 only
-def test_zero_offsets_equal_interpolate_to_size(each_sampler, style, dyscope, size):
+def test_zero_offsets_equal_interpolate_to_size(device, each_sampler, style, dyscope, size):
     scale = 3 if size == (19, 25) else 2
-    module = zero_offsets(DySample(4 * scale**2, scale, style, 4, dyscope)).double()
-    x = torch.randn(2, 4 * scale**2, 7, 9, dtype=torch.float64)
+    module = zero_offsets(DySample(4 * scale**2, scale, style, 4, dyscope)).double().to(device)
+    x = torch.randn(2, 4 * scale**2, 7, 9, dtype=torch.float64, device=device)
     expected = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
     out = module(x, size=size)
     assert out.shape == expected.shape
@@ -34,21 +34,27 @@ def test_zero_offsets_equal_interpolate_to_size(each_sampler, style, dyscope, si
 
 @pytest.mark.parametrize("style, dyscope", [("lp", False), ("pl", True), ("lp", True)])
 @pytest.mark.parametrize("size", SIZES[1:])
-def test_every_sampler_computes_the_same_float64(each_sampler, style, dyscope, size):
-    """Offsets predicted at s*H x s*W and cropped, grid of the requested size: the kernel
-    (which samples s*H x s*W and crops) and the gathers equal grid_sample's result."""
+def test_every_sampler_computes_the_same_float64(device, each_sampler, style, dyscope, size):
+    """Offsets predicted at s*H x s*W and cropped, grid of the requested size: every sampler on
+    every device (the kernel samples s*H x s*W and crops) equals grid_sample's result on the
+    CPU, as size= and as add_to."""
     module = randomize(DySample(16, 2, style, 4, dyscope), std=0.3).double()
     x = torch.randn(2, 16, 7, 9, dtype=torch.float64)
     grad = torch.randn(2, 16, *size, dtype=torch.float64)
-    out, grads = outputs_and_grads(module, x, grad, size=size)
     with sampler("gridsample"):
         ref_out, ref_grads = outputs_and_grads(module, x, grad, size=size)
         full = module(x)
-    assert (out - ref_out).abs().max().item() < 1e-9
+    module.to(device)
+    out, grads = outputs_and_grads(module, x.to(device), grad.to(device), size=size)
+    assert out.device.type == device.type and out.shape == (2, 16, *size)
+    assert (out.cpu() - ref_out).abs().max().item() < 1e-9
     for g, r in zip(grads, ref_grads):
-        assert (g - r).abs().max().item() < 1e-9
+        assert (g.cpu() - r).abs().max().item() < 1e-9
+    base = torch.randn(2, 16, *size, dtype=torch.float64)
+    summed = module(x.to(device), add_to=base.to(device, copy=True))
+    assert (summed.cpu() - (base + ref_out)).abs().max().item() < 1e-9
     # the crop moves every position a little towards interpolate(size)'s: not full[:Ho, :Wo]
-    assert (out - full[..., : size[0], : size[1]]).abs().max().item() > 1e-3
+    assert (out.cpu() - full[..., : size[0], : size[1]]).abs().max().item() > 1e-3
 
 
 def test_exact_multiple_size_is_the_default_bit_for_bit(each_sampler):

@@ -1,14 +1,15 @@
 """
-DySample and DySample-FPN on CUDA (marked ``cuda``, skipped without CUDA): every sampler
-against the CPU float64 reference, half precision, add_to and other output sizes, one
-training step of the R50 DySample-FPN detectors, train_net.py's --eval-only against its own
-final evaluation, and deterministic training. The deterministic sampler choice's logic is
-also tested on CPU (unmarked: CPU behaviour must not change).
+DySample and DySample-FPN checks that only CUDA has (marked ``cuda``, skipped without CUDA):
+every sampler in float32 with TF32 off against the float64 reference, half precision with
+float32 grids, one training step of the R50 DySample-FPN detectors, train_net.py's
+--eval-only against its own final evaluation, and deterministic training. The tests shared
+with the CPU (the float64 reference, add_to, other output sizes, which ops each sampler runs)
+take a ``device`` parameter (tests/sampler_helpers.py), "cuda" where CUDA is available.
 
-    pytest -m cuda tests/test_cuda.py      # the CUDA set, a couple of minutes on one GPU
+    pytest -m cuda tests/test_cuda.py tests/test_sampling.py tests/test_any_size.py \
+        tests/test_dysample.py             # the CUDA set, a couple of minutes on one GPU
 """
 import os
-import types
 
 # cuBLAS needs a fixed workspace under torch.use_deterministic_algorithms(True); read when
 # CUDA starts, so set before any test touches it
@@ -16,19 +17,19 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from detectron2.engine import default_argument_parser, launch  # noqa: E402
 from detectron2.modeling import build_backbone, build_model  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 import train_net  # noqa: E402
 from dysample_d2 import DySample  # noqa: E402
-from dysample_d2.layers import SAMPLERS, backend, native, sampler  # noqa: E402
+from dysample_d2.layers import SAMPLERS, sampler  # noqa: E402
 from dysample_d2.layers import dysample as dysample_module  # noqa: E402
-from dysample_d2.layers.sampling import DySampleFunction  # noqa: E402
 
 from helpers import load_config, synthetic_batch  # noqa: E402
-from sampler_helpers import exact_reference, outputs_and_grads, randomize, zero_offsets  # noqa: E402
+from sampler_helpers import (  # noqa: E402,F401  (deterministic: a fixture)
+    deterministic, exact_reference, outputs_and_grads, randomize,
+)
 from test_train_net import CONFIGS, flat_metrics, run, tiny_opts  # noqa: E402
 
 NO_CUDA = "CUDA is not available (torch.cuda.is_available() is False)"
@@ -47,18 +48,6 @@ def cuda_sampler(request):
     """The test body runs once per sampler; on CUDA "auto" is the reference formulation."""
     with sampler(request.param):
         yield request.param
-
-
-@pytest.fixture
-def deterministic():
-    """torch.use_deterministic_algorithms(True) inside the test, the previous mode after."""
-    enabled = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 def _tf32_switches():
@@ -97,26 +86,6 @@ def max_error(a, b):
 
 
 @on_cuda
-@pytest.mark.parametrize("style", ["lp", "pl"])
-@pytest.mark.parametrize("dyscope", [False, True])
-@pytest.mark.parametrize("groups", [1, 4])
-@pytest.mark.parametrize("scale", [2, 3])
-def test_every_sampler_on_cuda_equals_the_float64_reference(cuda_sampler, style, dyscope,
-                                                            groups, scale):
-    channels = 4 * scale**2
-    module = randomize(DySample(channels, scale, style, groups, dyscope), std=0.3).double()
-    x = torch.randn(2, channels, 7, 5, dtype=torch.float64)  # odd sizes
-    grad = torch.randn(2, channels, 7 * scale, 5 * scale, dtype=torch.float64)
-    ref_out, ref_grads = outputs_and_grads(exact_reference(module), x, grad)
-    out, grads = outputs_and_grads(module.cuda(), x.cuda(), grad.cuda())
-    assert out.is_cuda and out.dtype == torch.float64
-    assert max_error(out, ref_out) < 1e-9
-    names = ["x"] + [n for n, _ in module.named_parameters()]
-    for name, g, r in zip(names, on_device(grads), ref_grads):
-        assert max_error(g, r) < 1e-9, name
-
-
-@on_cuda
 @pytest.mark.parametrize("style, dyscope, scope_bias", [("lp", False, False), ("pl", True, True)])
 def test_every_sampler_on_cuda_float32_is_close_to_the_reference(cuda_sampler, full_float32,
                                                                  style, dyscope, scope_bias):
@@ -129,29 +98,6 @@ def test_every_sampler_on_cuda_float32_is_close_to_the_reference(cuda_sampler, f
     assert max_error(out, ref_out) < 1e-4
     for g, r in zip(on_device(grads), ref_grads):
         assert max_error(g, r) < 1e-4 * max(1.0, r.abs().max().item())
-
-
-@on_cuda
-def test_each_sampler_runs_its_own_ops_on_cuda(monkeypatch):
-    """On CUDA "auto" and "gridsample" call F.grid_sample, "gather" sample_gather; the
-    CPU kernel's Function never runs."""
-    calls = []
-
-    def counted(owner, name):
-        original = getattr(owner, name)
-        monkeypatch.setattr(owner, name, lambda *a, **k: calls.append(name) or original(*a, **k))
-
-    counted(DySampleFunction, "apply")
-    counted(dysample_module.F, "grid_sample")
-    counted(dysample_module, "sample_gather")
-    module = DySample(8, 2, groups=2).cuda()
-    x = torch.randn(1, 8, 4, 4, device="cuda", requires_grad=True)
-    expected = {"auto": "grid_sample", "gridsample": "grid_sample", "gather": "sample_gather"}
-    for name, op in expected.items():
-        with sampler(name):
-            calls.clear()
-            module(x).sum().backward()
-            assert calls == [op], name
 
 
 # ---- half precision: float32 grids ----
@@ -190,70 +136,6 @@ def test_half_modules_on_cuda_sample_in_float32(cuda_sampler, full_float32, dtyp
     for g, r in zip(grads, ref_grads):
         assert torch.isfinite(g.float()).all()
         assert max_error(g, r) < tol * max(1.0, r.abs().max().item())
-
-
-# ---- add_to and other output sizes ----
-
-
-@on_cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_add_to_on_cuda_is_the_sum_in_place_bit_for_bit(cuda_sampler, dtype):
-    """Forward bit for bit; gradients bit for bit under deterministic algorithms ("auto"
-    then runs the gather sampler), except grid_sample's, whose CUDA backward accumulates
-    with atomics in no fixed order and has no deterministic mode: within rounding."""
-    exact = cuda_sampler != "gridsample"
-    enabled = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(exact)
-    try:
-        _check_add_to_on_cuda(dtype, exact)
-    finally:
-        torch.use_deterministic_algorithms(enabled)
-
-
-def _check_add_to_on_cuda(dtype, exact):
-    module = randomize(DySample(16, 2, "lp", 4, True), std=0.3).to("cuda", dtype)
-    x = torch.randn(2, 16, 9, 11, device="cuda").to(dtype).requires_grad_()
-    base = torch.randn(2, 16, 18, 22, device="cuda").to(dtype).requires_grad_()
-    grad = torch.randn(2, 16, 18, 22, device="cuda").to(dtype)
-    inputs = [x, base] + list(module.parameters())
-    expected = base * 1 + module(x)
-    expected_grads = torch.autograd.grad(expected, inputs, grad)
-    add_to = base * 1
-    out = module(x, add_to=add_to)
-    assert out is add_to and torch.equal(out, expected)
-    for g, e in zip(torch.autograd.grad(out, inputs, grad), expected_grads):
-        if exact:
-            assert torch.equal(g, e)
-        else:
-            tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
-            assert max_error(g, e) <= tol * max(1.0, e.abs().max().item())
-
-
-@on_cuda
-@pytest.mark.parametrize("size", [(14, 18), (13, 18), (14, 17), (13, 17)])
-@pytest.mark.parametrize("style, dyscope", [("lp", False), ("pl", True)])
-def test_any_output_size_on_cuda_equals_cpu_float64(cuda_sampler, size, style, dyscope):
-    """s*(H-1) < Ho <= s*H: CUDA equals the CPU result (gradients too), as size= and as add_to."""
-    module = randomize(DySample(16, 2, style, 4, dyscope), std=0.3).double()
-    x = torch.randn(2, 16, 7, 9, dtype=torch.float64)
-    grad = torch.randn(2, 16, *size, dtype=torch.float64)
-    with sampler("gridsample"):
-        ref_out, ref_grads = outputs_and_grads(module, x, grad, size=size)
-    module.cuda()
-    out, grads = outputs_and_grads(module, x.cuda(), grad.cuda(), size=size)
-    assert out.shape == (2, 16, *size)
-    assert max_error(out, ref_out) < 1e-9
-    for g, r in zip(on_device(grads), ref_grads):
-        assert max_error(g, r) < 1e-9
-    base = torch.randn(2, 16, *size, dtype=torch.float64, device="cuda")
-    summed = module(x.cuda(), add_to=base.clone())
-    assert max_error(summed, base.cpu() + ref_out) < 1e-9
-    with pytest.raises(ValueError, match="does not fit input height 7"):
-        module(x.cuda(), size=(12, size[1]))
-    # zero offsets: exactly bilinear interpolation to that size
-    zero_offsets(module)
-    expected = F.interpolate(x.cuda(), size=size, mode="bilinear", align_corners=False)
-    assert max_error(module(x.cuda(), size=size), expected) < 1e-12
 
 
 # ---- R50 DySample-FPN detectors: one training step on generated data ----
@@ -392,65 +274,3 @@ def test_dysample_fpn_backbone_trains_deterministically_on_cuda(deterministic):
     assert len(first) == len(second) > 0
     for a, b in zip(first, second):
         assert torch.equal(a, b)
-
-
-# ---- the deterministic sampler choice, on any machine ----
-
-CUDA_INPUT = types.SimpleNamespace(device=torch.device("cuda"))  # only its device is read
-
-
-def test_sampler_choice_for_a_cuda_input(deterministic, monkeypatch):
-    messages = []
-    monkeypatch.setattr(backend, "_deterministic_choice_logged", False)
-    monkeypatch.setattr(backend.logger, "info", lambda message, *a: messages.append(message))
-    monkeypatch.delenv(backend.ENV_VAR, raising=False)
-    assert backend.sampler_for(CUDA_INPUT) == "gather"
-    assert backend.sampler_for(CUDA_INPUT) == "gather"
-    assert len(messages) == 1 and "runs the gather sampler" in messages[0]  # logged once
-    with torch.no_grad():  # inference: grid_sample's forward is deterministic
-        assert backend.sampler_for(CUDA_INPUT) == "auto"
-    with torch.inference_mode():
-        assert backend.sampler_for(CUDA_INPUT) == "auto"
-    for explicit in ("gridsample", "gather"):  # an explicit choice is kept
-        with sampler(explicit):
-            assert backend.sampler_for(CUDA_INPUT) == explicit
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    assert backend.sampler_for(CUDA_INPUT) == "gather"
-    torch.use_deterministic_algorithms(False)
-    assert backend.sampler_for(CUDA_INPUT) == "auto"
-    assert len(messages) == 1
-
-
-def test_cpu_behaviour_is_unchanged_under_determinism(deterministic, monkeypatch):
-    """A CPU input keeps "auto", the compiled kernel (deterministic: no atomics), with the same
-    bits as without determinism."""
-    assert native.load() is not None, native.status()  # scripts/install.sh builds it
-    x = torch.randn(2, 16, 7, 9)
-    assert backend.sampler_for(x) == "auto"
-    module = randomize(DySample(16, 2, "lp", 4, True), std=0.3)
-    grad = torch.randn(2, 16, 14, 18)
-    calls = []
-    original = DySampleFunction.apply
-    monkeypatch.setattr(DySampleFunction, "apply", lambda *a: calls.append(1) or original(*a))
-    out, grads = outputs_and_grads(module, x, grad)
-    assert calls == [1]
-    torch.use_deterministic_algorithms(False)
-    ref_out, ref_grads = outputs_and_grads(module, x, grad)
-    assert torch.equal(out, ref_out)
-    for g, r in zip(grads, ref_grads):
-        assert torch.equal(g, r)
-
-
-def test_gather_sampler_backward_runs_under_determinism_on_cpu(deterministic):
-    """The gather sampler's ops (index_select and its index_add_ backward) are allowed in
-    deterministic mode and give the same bits as without it."""
-    module = randomize(DySample(16, 2, "pl", 4, True), std=0.3)
-    x = torch.randn(2, 16, 7, 9)
-    grad = torch.randn(2, 16, 14, 18)
-    with sampler("gather"):
-        out, grads = outputs_and_grads(module, x, grad)
-        torch.use_deterministic_algorithms(False)
-        ref_out, ref_grads = outputs_and_grads(module, x, grad)
-    assert torch.equal(out, ref_out)
-    for g, r in zip(grads, ref_grads):
-        assert torch.equal(g, r)

@@ -8,7 +8,7 @@ go; no host-to-device copy or host sync per forward; the deterministic sampler c
 torch's own limits on a machine without CUDA, which the tests work around:
 * ``torch.jit.trace`` runs neither on fake tensors nor on meta convolutions (the tracer's
   sizes are tensors where their shape checks need ints), so the tracing branch is run eagerly
-  with ``tracing()`` patched to True: the same code, on fake CUDA inputs;
+  with ``tracing_mode()`` patched to "trace": the same code, on fake CUDA inputs;
 * a backward on fake CUDA tensors starts the autograd engine's CUDA device thread, which needs
   a CUDA driver: backward passes run on the meta device;
 * CUDA graph capture (``torch.cuda.graph``) needs a real stream: the capture rules (no
@@ -50,12 +50,9 @@ def fake_cuda():
 
 @pytest.fixture
 def tracing_branch(monkeypatch):
-    """DySample's tracing branch (torch.jit tracing, TorchScript ONNX export) run eagerly;
-    the shape as a tensor is what the tracer gives, an int64 CPU tensor (torch's own
-    ``_shape_as_tensor`` reads no data, which a fake tensor has not)."""
-    monkeypatch.setattr(dysample_module, "tracing", lambda: True)
-    monkeypatch.setattr(torch, "_shape_as_tensor",
-                        lambda t: torch.tensor(tuple(t.shape), device="cpu"))
+    """DySample's tracing branch (torch.jit tracing, TorchScript ONNX export) run eagerly:
+    its sizes, stacked on the CPU as the tracer's are, then sent to the input's device."""
+    monkeypatch.setattr(dysample_module, "tracing_mode", lambda: "trace")
 
 
 def cuda_module(**kwargs):

@@ -7,7 +7,7 @@ from dysample_d2 import DySample
 from dysample_d2.layers import dysample as dysample_module
 from authors_dysample import AuthorsDySample
 
-from sampler_helpers import each_sampler, randomize, zero_offsets  # noqa: F401
+from sampler_helpers import device, each_sampler, randomize, zero_offsets  # noqa: F401
 
 
 @pytest.mark.parametrize("style", ["lp", "pl"])
@@ -156,19 +156,23 @@ def test_invalid_arguments_are_rejected(kwargs, message):
     assert message in str(err.value)
 
 
-def test_invalid_inputs_are_rejected():
-    module = DySample(16)
+def test_invalid_inputs_are_rejected(device):
+    module = DySample(16).to(device)
+
+    def zeros(*shape):
+        return torch.zeros(*shape, device=device)
+
     with pytest.raises(ValueError, match="expected a 4-D input"):
-        module(torch.randn(16, 5, 5))
+        module(zeros(16, 5, 5))
     with pytest.raises(ValueError, match="expected 16 input channels, got 8"):
-        module(torch.randn(1, 8, 5, 5))
+        module(zeros(1, 8, 5, 5))
     with pytest.raises(ValueError, match=r"output width 8 does not fit input width 5 at scale "
                        r"2: allowed 9..10 \(output size \(10, 8\), input shape \(1, 16, 5, 5\)\)"):
-        module(torch.randn(1, 16, 5, 5), add_to=torch.zeros(1, 16, 10, 8))
+        module(zeros(1, 16, 5, 5), add_to=zeros(1, 16, 10, 8))
     with pytest.raises(ValueError, match="output height 11 does not fit input height 5"):
-        module(torch.randn(1, 16, 5, 5), size=(11, 10))
+        module(zeros(1, 16, 5, 5), size=(11, 10))
     with pytest.raises(ValueError, match=r"add_to must be \[B, C, Ho, Wo\] with the input's B and "
                        r"C \(1, 16\), got shape \(1, 8, 10, 10\)"):
-        module(torch.randn(1, 16, 5, 5), add_to=torch.zeros(1, 8, 10, 10))
+        module(zeros(1, 16, 5, 5), add_to=zeros(1, 8, 10, 10))
     with pytest.raises(ValueError, match=r"size \(9, 10\) differs from add_to's size \(10, 10\)"):
-        module(torch.randn(1, 16, 5, 5), add_to=torch.zeros(1, 16, 10, 10), size=(9, 10))
+        module(zeros(1, 16, 5, 5), add_to=zeros(1, 16, 10, 10), size=(9, 10))

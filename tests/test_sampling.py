@@ -1,5 +1,7 @@
-"""DySample on every sampler (the compiled kernel, grid_sample, gathers) against the authors'
-formulation, and how the sampler is chosen."""
+"""DySample on every sampler (the compiled kernel, grid_sample, gathers) and device against the
+authors' formulation, and how the sampler is chosen."""
+import types
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,20 +11,23 @@ from dysample_d2.layers import backend, dysample as dysample_module, gather, nat
 from dysample_d2.layers import sampling
 from dysample_d2.layers.sampling import DySampleFunction
 
-from sampler_helpers import (  # noqa: F401  (each_sampler: a fixture)
-    each_sampler, exact_reference, outputs_and_grads, randomize,
+from sampler_helpers import (  # noqa: F401  (deterministic, device, each_sampler: fixtures)
+    deterministic, deterministic_algorithms, device, each_sampler, exact_reference,
+    outputs_and_grads, randomize,
 )
 
 
-def assert_equals_reference(module, x):
-    """Output and all gradients equal the float64 reference to 1e-9; returns its output."""
+def assert_equals_reference(module, x, device=torch.device("cpu")):
+    """Output and all gradients of the module on ``device`` equal the float64 reference on the
+    CPU to 1e-9; returns its output."""
     s = module.scale
     grad = torch.randn(*x.shape[:2], s * x.shape[2], s * x.shape[3], dtype=torch.float64)
-    out, grads = outputs_and_grads(module, x, grad)
     ref_out, ref_grads = outputs_and_grads(exact_reference(module), x, grad)
-    assert (out - ref_out).abs().max().item() < 1e-9
+    out, grads = outputs_and_grads(module.to(device), x.to(device), grad.to(device))
+    assert out.device.type == device.type and out.dtype == torch.float64
+    assert (out.cpu() - ref_out).abs().max().item() < 1e-9
     for name, g, r in zip(["x"] + [n for n, _ in module.named_parameters()], grads, ref_grads):
-        assert (g - r).abs().max().item() < 1e-9, name
+        assert (g.cpu() - r).abs().max().item() < 1e-9, name
     return ref_out
 
 
@@ -36,12 +41,12 @@ def in_reference_formulation(module, *args, **kwargs):
 @pytest.mark.parametrize("dyscope", [False, True])
 @pytest.mark.parametrize("groups", [1, 4])
 @pytest.mark.parametrize("std", [0.02, 0.5])  # offsets inside a pixel's cell, and across cells
-def test_equals_reference_float64_forward_and_gradients(each_sampler, style, scale, dyscope,
-                                                        groups, std):
+def test_equals_reference_float64_forward_and_gradients(device, each_sampler, style, scale,
+                                                        dyscope, groups, std):
     channels = 4 * scale**2
     module = randomize(DySample(channels, scale, style, groups, dyscope), std=std).double()
     x = torch.randn(2, channels, 7, 5, dtype=torch.float64)  # odd sizes
-    assert_equals_reference(module, x)
+    assert_equals_reference(module, x, device)
 
 
 @pytest.mark.parametrize("style", ["lp", "pl"])
@@ -160,22 +165,30 @@ def test_autocast_backward(each_sampler):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("style, dyscope", [("lp", False), ("pl", True)])
-def test_add_to_is_the_sum_in_place_bit_for_bit(each_sampler, dtype, style, dyscope):
+def test_add_to_is_the_sum_in_place_bit_for_bit(device, each_sampler, dtype, style, dyscope):
     """module(x, add_to=t) is t += module(x): the same bits as the separate sum, forward and
-    every gradient."""
-    module = randomize(DySample(16, 2, style, 4, dyscope), std=0.3).to(dtype)
-    x = torch.randn(2, 16, 9, 11).to(dtype).requires_grad_()
-    base = torch.randn(2, 16, 18, 22).to(dtype).requires_grad_()
-    grad = torch.randn(2, 16, 18, 22).to(dtype)
+    every gradient. On CUDA the gradients are compared under deterministic algorithms ("auto"
+    then runs the gather sampler), except grid_sample's, whose CUDA backward accumulates with
+    atomics in no fixed order and has no deterministic mode: within rounding."""
+    exact = device.type == "cpu" or each_sampler != "gridsample"
+    module = randomize(DySample(16, 2, style, 4, dyscope), std=0.3).to(device, dtype)
+    x = torch.randn(2, 16, 9, 11).to(device, dtype).requires_grad_()
+    base = torch.randn(2, 16, 18, 22).to(device, dtype).requires_grad_()
+    grad = torch.randn(2, 16, 18, 22).to(device, dtype)
     inputs = [x, base] + list(module.parameters())
-    expected = base * 1 + module(x)
-    expected_grads = torch.autograd.grad(expected, inputs, grad)
-    add_to = base * 1
-    out = module(x, add_to=add_to)
-    assert out is add_to and add_to._version > 0
-    assert torch.equal(out, expected)
-    for g, e in zip(torch.autograd.grad(out, inputs, grad), expected_grads):
-        assert torch.equal(g, e)
+    with deterministic_algorithms(device.type == "cuda" and exact):
+        expected = base * 1 + module(x)
+        expected_grads = torch.autograd.grad(expected, inputs, grad)
+        add_to = base * 1
+        out = module(x, add_to=add_to)
+        assert out is add_to and add_to._version > 0
+        assert torch.equal(out, expected)
+        for g, e in zip(torch.autograd.grad(out, inputs, grad), expected_grads):
+            if exact:
+                assert torch.equal(g, e)
+            else:
+                tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
+                assert (g - e).abs().max().item() <= tol * max(1.0, e.abs().max().item())
     with torch.no_grad():  # inference: the same sum without a graph
         add_to = base.detach().clone()
         assert module(x, add_to=add_to) is add_to and torch.equal(add_to, expected)
@@ -205,9 +218,9 @@ def test_gradcheck_with_add_to(each_sampler):
     assert torch.autograd.gradcheck(lambda x, t: module(x, add_to=t * 1), (x, base))
 
 
-def test_each_sampler_runs_its_own_ops(monkeypatch):
-    """auto: the kernel's Function on eager CPU, the reference ops under tracing; gridsample:
-    F.grid_sample; gather: sample_gather; neither of those two calls the kernel."""
+def test_each_sampler_runs_its_own_ops(device, monkeypatch):
+    """auto: the kernel's Function on eager CPU, F.grid_sample on CUDA and under tracing;
+    gridsample: F.grid_sample; gather: sample_gather; neither of those two calls the kernel."""
     calls = []
 
     def counted(owner, name):
@@ -217,13 +230,14 @@ def test_each_sampler_runs_its_own_ops(monkeypatch):
     counted(DySampleFunction, "apply")
     counted(dysample_module.F, "grid_sample")
     counted(dysample_module, "sample_gather")
-    module = DySample(8, 2, groups=2).eval()
-    x = torch.randn(1, 8, 4, 4)
-    expected = {"auto": "apply", "gridsample": "grid_sample", "gather": "sample_gather"}
+    module = DySample(8, 2, groups=2).to(device).eval()
+    x = torch.randn(1, 8, 4, 4, device=device, requires_grad=True)
+    expected = {"auto": "apply" if device.type == "cpu" else "grid_sample",
+                "gridsample": "grid_sample", "gather": "sample_gather"}
     for name, op in expected.items():
         with sampler(name):
             calls.clear()
-            module(x)
+            module(x).sum().backward()
             assert calls == [op], name
     with sampler("auto"):
         calls.clear()
@@ -288,6 +302,68 @@ def test_offset_columns_read_x_without_copying_it(sub_pixels, weight_requires_gr
     x_sub_pixels = x.view(2, 64 // sub_pixels, sub_pixels, 42)
     rows = torch.einsum("rc,bckp->bprk", weight.detach(), x_sub_pixels)
     assert torch.allclose(off, rows.reshape(2, 42, 8 * sub_pixels), atol=1e-5)
+
+
+# ---- the deterministic sampler choice (CUDA inputs: only their device is read) ----
+
+CUDA_INPUT = types.SimpleNamespace(device=torch.device("cuda"))  # only its device is read
+
+
+def test_sampler_choice_for_a_cuda_input(deterministic, monkeypatch):
+    messages = []
+    monkeypatch.setattr(backend, "_deterministic_choice_logged", False)
+    monkeypatch.setattr(backend.logger, "info", lambda message, *a: messages.append(message))
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    assert backend.sampler_for(CUDA_INPUT) == "gather"
+    assert backend.sampler_for(CUDA_INPUT) == "gather"
+    assert len(messages) == 1 and "runs the gather sampler" in messages[0]  # logged once
+    with torch.no_grad():  # inference: grid_sample's forward is deterministic
+        assert backend.sampler_for(CUDA_INPUT) == "gridsample"
+    with torch.inference_mode():
+        assert backend.sampler_for(CUDA_INPUT) == "gridsample"
+    for explicit in ("gridsample", "gather"):  # an explicit choice is kept
+        with sampler(explicit):
+            assert backend.sampler_for(CUDA_INPUT) == explicit
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    assert backend.sampler_for(CUDA_INPUT) == "gather"
+    torch.use_deterministic_algorithms(False)
+    assert backend.sampler_for(CUDA_INPUT) == "gridsample"
+    assert len(messages) == 1
+
+
+def test_cpu_behaviour_is_unchanged_under_determinism(deterministic, monkeypatch):
+    """A CPU input keeps "auto", the compiled kernel (deterministic: no atomics), with the same
+    bits as without determinism."""
+    assert native.load() is not None, native.status()  # scripts/install.sh builds it
+    x = torch.randn(2, 16, 7, 9)
+    assert backend.sampler_for(x) == "kernel"
+    module = randomize(DySample(16, 2, "lp", 4, True), std=0.3)
+    grad = torch.randn(2, 16, 14, 18)
+    calls = []
+    original = DySampleFunction.apply
+    monkeypatch.setattr(DySampleFunction, "apply", lambda *a: calls.append(1) or original(*a))
+    out, grads = outputs_and_grads(module, x, grad)
+    assert calls == [1]
+    torch.use_deterministic_algorithms(False)
+    ref_out, ref_grads = outputs_and_grads(module, x, grad)
+    assert torch.equal(out, ref_out)
+    for g, r in zip(grads, ref_grads):
+        assert torch.equal(g, r)
+
+
+def test_gather_sampler_backward_runs_under_determinism_on_cpu(deterministic):
+    """The gather sampler's ops (index_select and its index_add_ backward) are allowed in
+    deterministic mode and give the same bits as without it."""
+    module = randomize(DySample(16, 2, "pl", 4, True), std=0.3)
+    x = torch.randn(2, 16, 7, 9)
+    grad = torch.randn(2, 16, 14, 18)
+    with sampler("gather"):
+        out, grads = outputs_and_grads(module, x, grad)
+        torch.use_deterministic_algorithms(False)
+        ref_out, ref_grads = outputs_and_grads(module, x, grad)
+    assert torch.equal(out, ref_out)
+    for g, r in zip(grads, ref_grads):
+        assert torch.equal(g, r)
 
 
 # sample_gather on its own: random offsets in and out of the image, borders, gradients

@@ -1,29 +1,37 @@
 """
-Which sampler DySample runs, and the two rules every sampler shares.
+Which sampler DySample runs: ``sampler_for(x)``, the one place it is decided.
 
-Samplers:
+``sampler_for(x)`` returns one of:
 
-* ``"auto"`` (default): on CPU in eager mode the compiled kernel (``sampling.py``) where it
-  builds; everywhere else (CUDA, tracing, export, ``torch.compile``, no compiler) the reference
-  formulation, a 1x1 conv and ``F.grid_sample`` (its gather form when training on CUDA with
-  deterministic algorithms: see below).
-* ``"gridsample"``: the reference formulation everywhere, eager CPU included, so that eager
-  results can be compared with an export on the same arithmetic.
+* ``"kernel"``: the compiled CPU kernel (``sampling.py``), for a CPU input in eager mode where
+  the kernel builds (``native.py``);
+* ``"gridsample"``: the reference formulation, a 1x1 conv and ``F.grid_sample``; what CUDA,
+  tracing, ONNX export, ``torch.compile`` and ``torch.export`` run, and eager CPU without a
+  compiler;
 * ``"gather"``: the reference formulation with the bilinear sampling written as gathers and
   arithmetic (``gather.py``): exports to ONNX without GridSample (opsets below 16, runtimes
   that lack it); equal to ``grid_sample`` within float32 rounding.
 
-The environment variable ``DYSAMPLE_D2_SAMPLER`` sets the default; ``with sampler(name):``
-overrides it for a block.
+It starts from the sampler asked for, one of `SAMPLERS`: ``with sampler(name):`` in code (the
+innermost block), else the environment variable ``DYSAMPLE_D2_SAMPLER`` for a command, else
+``"auto"``. An explicit "gridsample" or "gather" is kept everywhere, eager CPU included (so
+that eager results can be compared with an export on the same arithmetic). "auto" becomes:
 
-Deterministic training: under ``torch.use_deterministic_algorithms(True)`` CUDA's
-``grid_sample`` backward (``grid_sampler_2d_backward_cuda``) raises, having no deterministic
-implementation. ``sampler_for(x)`` then turns "auto" into "gather" for a CUDA input while
-autograd records (not under ``torch.no_grad()``/``inference_mode``, not while tracing or
-exporting): the gather sampler's backward is ``index_select``'s, an ``index_add_`` that PyTorch
-runs deterministically on CUDA in that mode, plus elementwise ops. It logs that choice once.
-CPU inputs keep "auto" (the compiled kernel's backward is deterministic: no atomics), and an
-explicit "gridsample" stays grid_sample, whose CUDA backward then raises PyTorch's error.
+1. "gather" for a CUDA input under ``torch.use_deterministic_algorithms(True)`` (``warn_only``
+   too) while autograd records (not under ``torch.no_grad()``/``inference_mode``, not while
+   tracing): CUDA's ``grid_sample`` backward (``grid_sampler_2d_backward_cuda``) has no
+   deterministic implementation and raises; the gather sampler's backward is
+   ``index_select``'s, an ``index_add_`` that PyTorch runs deterministically on CUDA in that
+   mode, plus elementwise ops. It logs that choice once. An explicit "gridsample" stays
+   grid_sample, whose CUDA backward then raises PyTorch's error;
+2. "kernel" for a CPU input in eager mode (not tracing, not compiling) where the kernel builds
+   (its backward is deterministic: no atomics);
+3. "gridsample" everywhere else.
+
+``tracing_mode()`` says how the forward runs: "trace" (torch.jit tracing or scripting, ONNX
+export: sizes are the tracer's tensors), "compile" (``torch.compile``, ``torch.export``: sizes
+may be symbolic) or "eager". Both graph modes run standard ops only, with no Python-side
+cache.
 """
 import contextlib
 import logging
@@ -32,8 +40,10 @@ from typing import Optional
 
 import torch
 
-__all__ = ["SAMPLERS", "ENV_VAR", "sampler", "active_sampler", "sampler_for", "plain_ops",
-           "tracing", "grid_dtype"]
+from . import native
+
+__all__ = ["SAMPLERS", "ENV_VAR", "sampler", "active_sampler", "sampler_for", "tracing_mode",
+           "grid_dtype"]
 
 SAMPLERS = ("auto", "gridsample", "gather")
 ENV_VAR = "DYSAMPLE_D2_SAMPLER"
@@ -49,33 +59,40 @@ def _checked(name, source: str) -> str:
     return name
 
 
+@contextlib.contextmanager
+def sampler(name: str):
+    """``with sampler("gridsample"):`` asks for that sampler inside the block (see the module
+    doc); blocks nest, the innermost wins, and each restores the previous on exit."""
+    global _override
+    previous, _override = _override, _checked(name, "sampler()")
+    try:
+        yield
+    finally:
+        _override = previous
+
+
 def active_sampler() -> str:
-    """The sampler in use: the innermost ``sampler(...)`` block's, else $DYSAMPLE_D2_SAMPLER's."""
+    """The sampler asked for, one of `SAMPLERS`: the innermost ``sampler(...)`` block's, else
+    $DYSAMPLE_D2_SAMPLER's, else "auto"; `sampler_for` turns it into the one that runs."""
     if _override is not None:
         return _override
     return _checked(os.environ.get(ENV_VAR, "auto"), ENV_VAR)
 
 
 def sampler_for(x: torch.Tensor) -> str:
-    """
-    The sampler DySample runs for input ``x``: `active_sampler`, except that "auto" becomes
-    "gather" where the reference formulation's backward would raise under
-    ``torch.use_deterministic_algorithms(True)``: a CUDA input, autograd recording, not tracing
-    or exporting (see the module doc). Otherwise "auto" stays "auto" (the compiled kernel on
-    eager CPU, grid_sample elsewhere).
-    """
+    """The sampler DySample runs for input ``x``: "kernel", "gridsample" or "gather" (see the
+    module doc)."""
     name = active_sampler()
-    if name == "auto" and deterministic_backward_needed(x):
+    if name != "auto":
+        return name
+    mode = tracing_mode()
+    if (x.device.type == "cuda" and torch.are_deterministic_algorithms_enabled()
+            and torch.is_grad_enabled() and mode != "trace"):
         _log_deterministic_choice()
         return "gather"
-    return name
-
-
-def deterministic_backward_needed(x: torch.Tensor) -> bool:
-    """Whether a grid_sample backward on ``x`` would hit CUDA's nondeterministic kernel while
-    deterministic algorithms are required (``warn_only=True`` included)."""
-    return (x.device.type == "cuda" and torch.are_deterministic_algorithms_enabled()
-            and torch.is_grad_enabled() and not tracing())
+    if x.device.type == "cpu" and mode == "eager" and native.load() is not None:
+        return "kernel"
+    return "gridsample"
 
 
 def _log_deterministic_choice() -> None:
@@ -90,34 +107,16 @@ def _log_deterministic_choice() -> None:
         )
 
 
-@contextlib.contextmanager
-def sampler(name: str):
-    """``with sampler("gridsample"):`` runs DySample's reference formulation inside the block."""
-    global _override
-    previous, _override = _override, _checked(name, "sampler()")
-    try:
-        yield
-    finally:
-        _override = previous
-
-
-def tracing() -> bool:
-    """torch.jit tracing or scripting, or ONNX export: shapes must come from tensors."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
-        return True
-    is_onnx_exporting = getattr(torch.onnx, "is_in_onnx_export", None)
-    return is_onnx_exporting is not None and is_onnx_exporting()
-
-
-def plain_ops() -> bool:
+def tracing_mode() -> str:
     """
-    Whether only standard ops may run (tracing, scripting, ONNX export, torch.compile and
-    torch.export): no compiled kernel, no Python-side caches.
+    "trace": torch.jit tracing or scripting, or ONNX export (sizes come from tensors);
+    "compile": torch.compile or torch.export (sizes may be symbolic); else "eager".
     """
-    if tracing():
-        return True
+    onnx_exporting = getattr(torch.onnx, "is_in_onnx_export", lambda: False)
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or onnx_exporting():
+        return "trace"
     compiler = getattr(torch, "compiler", None)
-    return compiler is not None and compiler.is_compiling()
+    return "compile" if compiler is not None and compiler.is_compiling() else "eager"
 
 
 def grid_dtype(dtype: torch.dtype) -> torch.dtype:

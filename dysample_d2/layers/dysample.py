@@ -4,9 +4,9 @@ A 1x1 conv predicts, for every output pixel, an offset from the position that bi
 upsampling would sample; ``grid_sample`` then reads the input there. With zero offsets the
 module is exactly ``F.interpolate(x, scale_factor=scale, mode="bilinear")``.
 
-``DySample.forward`` is the reference formulation (1x1 conv + ``grid_sample``), which CUDA,
-tracing and export run; on CPU in eager mode the compiled kernel computes the same (see
-backend.py for how the sampler is chosen, sampling.py for the kernel's Function).
+``DySample.forward`` runs the sampler ``sampler_for(x)`` names (backend.py: how it is chosen):
+the reference formulation (1x1 conv + ``grid_sample``), its gather form (gather.py), or on
+CPU in eager mode the compiled kernel's Function (sampling.py), which computes the same.
 """
 from functools import lru_cache
 from typing import Optional, Sequence
@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backend import grid_dtype, plain_ops, sampler_for, tracing
+from .backend import grid_dtype, sampler_for, tracing_mode
 from .gather import sample_gather
-from .sampling import kernel_forward, use_kernel
+from .sampling import kernel_forward
 
 __all__ = ["DySample", "DEFAULTS", "STYLES", "check_dysample_arguments"]
 
@@ -25,6 +25,13 @@ STYLES = ("lp", "pl")
 # DySample's defaults, the authors' DySample-S: offsets from the low-resolution input ("lp"),
 # 4 channel groups, static scope. Every builder and config of the package takes them from here.
 DEFAULTS = {"style": "lp", "groups": 4, "dyscope": False, "scope_bias": False}
+
+
+def _base_grid_of(out_h, out_w, device, dtype, extent=None) -> torch.Tensor:
+    """`_base_grid`, cached in eager mode (traced or symbolic sizes make no cache key)."""
+    if tracing_mode() == "eager":
+        return _cached_base_grid(out_h, out_w, device, dtype, extent)
+    return _base_grid(out_h, out_w, device, dtype, extent)
 
 
 @lru_cache(maxsize=64)
@@ -53,25 +60,30 @@ def _base_grid(out_h, out_w, device, dtype, extent=None) -> torch.Tensor:
         Tensor[rows, cols, 2]
     """
     rows, cols = (out_h, out_w) if extent is None else extent
-    step_x, step_y = _two_over((out_w, out_h), device, dtype)
+    step_x, step_y = _two_over((out_w, out_h), device, dtype).unbind()
     xs = (torch.arange(cols, device=device, dtype=dtype) + 0.5) * step_x - 1.0
     ys = (torch.arange(rows, device=device, dtype=dtype) + 0.5) * step_y - 1.0
     return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)
 
 
-def _two_over(sizes, device, dtype):
+def _two_over(sizes, device, dtype) -> torch.Tensor:
     """
-    ``2 / n`` for each size ``n``, as a ``dtype`` tensor: divided in float64, the precision of
-    Python's ``2.0 / n``, so the values are those of the Python expression rounded to
-    ``dtype``. Tensor ops also under torch.export, whose symbolic sizes would otherwise
-    become Python float arithmetic (``sym_float``, ``truediv``) that OpenVINO cannot convert.
-    Under torch.jit tracing, Python numbers: the tracer records arithmetic on traced sizes,
-    where a tensor made of them would be a constant.
+    ``2 / n`` for each size ``n``, as a ``dtype`` tensor on ``device``: the one place where
+    the grid's normalisation is computed (base grid, offsets, the kernel's normalizer).
+
+    In eager mode and under torch.compile / torch.export each size is filled on the device
+    (no host-to-device copy, which would wait for the stream and rule out CUDA graph capture)
+    and divided in float64, the precision of Python's ``2.0 / n``: the values are those of
+    the Python expression rounded to ``dtype``. Tensor ops under torch.export too, whose
+    symbolic sizes would otherwise become Python float arithmetic (``sym_float``,
+    ``truediv``) that OpenVINO cannot convert. While tracing, a size read from a shape is
+    the tracer's tensor: stacked as it is, so that the graph computes from the traced shape
+    (a tensor filled with it would be a constant); a size given as a number is one.
     """
-    if tracing():
-        return [2.0 / n for n in sizes]
-    # each size filled on the device (no host-to-device copy, which would wait for the
-    # stream and rule out CUDA graph capture), exact in float64
+    if tracing_mode() == "trace":
+        sizes = torch.stack([n if isinstance(n, torch.Tensor) else torch.full((), n)
+                             for n in sizes])
+        return 2.0 / sizes.to(device, dtype)
     sizes = torch.stack([torch.full((), n, dtype=torch.float64, device=device) for n in sizes])
     return (2.0 / sizes).to(dtype)
 
@@ -212,15 +224,8 @@ class DySample(nn.Module):
         gdt = grid_dtype(x.dtype)
         out_h, out_w = (self.scale * h, self.scale * w) if size is None else size
         offset = self.sampling_offsets(x, (out_h, out_w))
-        if plain_ops():  # sizes may be traced or symbolic: no cache
-            base = _base_grid(out_h, out_w, x.device, gdt)
-        else:
-            base = _cached_base_grid(out_h, out_w, x.device, gdt)
-        if tracing():  # (2/W, 2/H) from the traced shape, which torch keeps on the CPU
-            norm = 2.0 / torch._shape_as_tensor(x)[2:].flip(0).to(x.device, gdt)
-        else:
-            norm = _two_over((w, h), x.device, gdt)
-        grid = torch.addcmul(base, offset, norm)
+        base = _base_grid_of(out_h, out_w, x.device, gdt)
+        grid = torch.addcmul(base, offset, _two_over((w, h), x.device, gdt))
         return grid.reshape(b * self.groups, out_h, out_w, 2)
 
     def forward(
@@ -241,17 +246,19 @@ class DySample(nn.Module):
         """
         _check_input(x, self.in_channels)
         out_size = _output_size(x, self.scale, add_to, size)
-        if use_kernel(x):  # CPU, eager: the compiled kernel's Function (sampling.py)
-            h, w = x.shape[-2:]
+        name = sampler_for(x)
+        b, c, h, w = x.shape
+        gdt = grid_dtype(x.dtype)
+        if name == "kernel":  # CPU, eager: the compiled kernel's Function (sampling.py)
             # the positions of the requested output, continued to the kernel's s*H x s*W
             extent = (self.scale * h, self.scale * w)
-            base = _cached_base_grid(*out_size, x.device, grid_dtype(x.dtype), extent)
-            return kernel_forward(self, x, base, add_to, out_size)
+            base = _base_grid_of(*out_size, x.device, gdt, extent)
+            step = _two_over((w, h), x.device, gdt)
+            return kernel_forward(self, x, base, step, add_to, out_size)
         # the reference formulation: conv2d + grid_sample (or its gather form)
-        b, c, h, w = x.shape
         # Sample in the grid's precision; grid_sample needs input and grid of one dtype.
-        x_groups = x.reshape(b * self.groups, c // self.groups, h, w).to(grid_dtype(x.dtype))
-        if sampler_for(x) == "gather":
+        x_groups = x.reshape(b * self.groups, c // self.groups, h, w).to(gdt)
+        if name == "gather":
             offset = self.sampling_offsets(x, out_size)
             sampled = sample_gather(x_groups, offset.reshape(b * self.groups, *out_size, 2))
         else:
@@ -309,7 +316,7 @@ def check_dysample_arguments(in_channels, scale=2, style=DEFAULTS["style"],
 def _check_input(x: torch.Tensor, in_channels: int) -> None:
     if x.dim() != 4:
         raise ValueError(f"DySample: expected a 4-D input [B, C, H, W], got shape {tuple(x.shape)}")
-    if not torch.jit.is_tracing() and x.shape[1] != in_channels:
+    if tracing_mode() != "trace" and x.shape[1] != in_channels:
         raise ValueError(
             f"DySample: expected {in_channels} input channels, got {x.shape[1]} "
             f"(input shape {tuple(x.shape)})"
@@ -324,14 +331,14 @@ def _output_size(x: torch.Tensor, scale: int, add_to, size):
     """
     h, w = x.shape[-2:]
     if add_to is not None:
-        if not torch.jit.is_tracing():  # traced sizes: the in-place add checks them
+        if tracing_mode() != "trace":  # traced sizes: the in-place add checks them
             _check_add_to(add_to, x, size)
         out_size = tuple(add_to.shape[-2:])
     elif size is not None:
         out_size = tuple(size)
     else:
         return scale * h, scale * w
-    if not torch.jit.is_tracing():
+    if tracing_mode() != "trace":
         for axis, n, out in (("height", h, out_size[0]), ("width", w, out_size[1])):
             if not scale * (n - 1) < out <= scale * n:
                 raise ValueError(

@@ -4,8 +4,8 @@ The optional compiled CPU sampling kernel (``csrc/`` beside this file: forward, 
 Built on first use with ``torch.utils.cpp_extension.load`` (a C++ compiler and ninja; about a
 minute, then cached under ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``);
 ``scripts/install.sh`` builds it once. Where it cannot be built, DySample runs its reference
-formulation (grid_sample, same results) and says why once. ``DYSAMPLE_D2_SAMPLER=gridsample``
-(backend.py) runs the reference formulation without building it.
+formulation (grid_sample, same results) and says why once. Which sampler runs, and how to ask
+for another (which then never builds the kernel): backend.py.
 """
 import glob
 import hashlib
@@ -13,8 +13,6 @@ import logging
 import os
 import sys
 import threading
-
-from .backend import ENV_VAR, active_sampler
 
 __all__ = ["load", "status"]
 
@@ -79,6 +77,8 @@ def load(verbose: bool = False):
 
 def status() -> str:
     """One line: whether the compiled kernel is built, and which sampler DySample runs."""
+    from .backend import ENV_VAR, active_sampler  # backend asks this module for the kernel
+
     module = load()
     if module is not None:
         kernel = f"compiled CPU sampling kernel: loaded, {module.kernel_isa()} ({module.__file__})"

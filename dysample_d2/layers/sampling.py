@@ -25,30 +25,19 @@ powers of two, so folding them changes no bit; results equal the reference to ro
 import torch
 
 from . import native
-from .backend import active_sampler, grid_dtype, plain_ops
+from .backend import grid_dtype
 
-__all__ = ["DySampleFunction", "use_kernel", "kernel_forward"]
+__all__ = ["DySampleFunction", "kernel_forward"]
 
 
-def use_kernel(x: torch.Tensor) -> bool:
+def kernel_forward(module, x, base, step, add_to, out_size):
     """
-    Whether DySample runs the compiled kernel: sampler "auto", a CPU tensor, eager mode, and
-    the kernel built. CUDA keeps the reference formulation (cuDNN's 1x1 conv and CUDA's
-    grid_sample are fast there); tracing and export need standard ops.
+    ``module(x, add_to, size)`` (a DySample) through `DySampleFunction`, where
+    ``sampler_for(x)`` is "kernel" (backend.py). base: the module's base grid [s*H, s*W, 2]
+    for the output size ``out_size``; step: (2/W, 2/H) in the grid dtype.
     """
-    return (x.device.type == "cpu" and not plain_ops() and active_sampler() == "auto"
-            and native.load() is not None)
-
-
-def kernel_forward(module, x, base, add_to, out_size):
-    """
-    ``module(x, add_to, size)`` (a DySample) through `DySampleFunction`; base: the module's
-    base grid [s*H, s*W, 2] for the output size ``out_size``.
-    """
-    h, w = x.shape[-2:]
-    gdt = grid_dtype(x.dtype)
     factor = 0.5 if module.dyscope else 0.25  # the scope factor, folded into the normalizer
-    norm = torch.tensor((factor * 2.0 / w, factor * 2.0 / h), dtype=gdt)
+    norm = step * factor  # a power of two: the same bits as factor * 2 / W
     weight, bias = _offset_matrix(module)
     # the sampling grid is kept for a backward only
     keep_grid = torch.is_grad_enabled() and any(
