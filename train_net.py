@@ -39,7 +39,7 @@ from detectron2.engine import default_argument_parser, launch  # noqa: E402
 from detectron2.utils.env import seed_all_rng  # noqa: E402
 from torch.multiprocessing import ProcessExitedException  # noqa: E402
 
-from dysample_d2.engine import (  # noqa: E402
+from tools.engine import (  # noqa: E402
     LazyRun,
     UserInputError,
     YacsRun,

@@ -12,7 +12,7 @@ from detectron2 import model_zoo
 from detectron2.engine import default_argument_parser
 
 import train_net
-from dysample_d2.engine import CheckpointMismatchError, setup_lazy_config
+from tools.engine import CheckpointMismatchError, setup_lazy_config
 
 from conftest import REPO
 

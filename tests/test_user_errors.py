@@ -12,8 +12,8 @@ from detectron2.engine import default_argument_parser
 from torch import nn
 
 import train_net
-from dysample_d2.engine import UserInputError, setup_config, setup_lazy_config
-from dysample_d2.engine import config as config_module
+from tools.engine import UserInputError, setup_config, setup_lazy_config
+from tools.engine import config as config_module
 
 from conftest import REPO
 
@@ -235,7 +235,7 @@ def test_checkpoint_of_another_class_count_names_the_fix(coco_root, tmp_path):
 
 def test_dataloader_workers_are_capped_at_the_cpu_count(monkeypatch, caplog):
     monkeypatch.setattr(config_module, "cpu_count", lambda: 1)
-    with caplog.at_level(logging.INFO, logger="dysample_d2.engine.config"):
+    with caplog.at_level(logging.INFO, logger="tools.engine.config"):
         cfg = setup_config(DET, ["DATALOADER.NUM_WORKERS", "4"])
     assert cfg.DATALOADER.NUM_WORKERS == 1
     assert "DATALOADER.NUM_WORKERS lowered from 4 to 1" in caplog.text

@@ -140,7 +140,7 @@ def setup_lazy_config(path: str, overrides=()):
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from ..modeling.lazy import check_lazy_dysample_arguments
+    from dysample_d2.modeling.lazy import check_lazy_dysample_arguments
 
     check_config_file(path)
     cfg = LazyConfig.load(path)

@@ -7,7 +7,7 @@ import re
 import torch
 from detectron2.config import CfgNode, get_cfg
 
-from ..config import add_dysample_config, check_dysample_config
+from dysample_d2.config import add_dysample_config, check_dysample_config
 from .checks import UserKeyError, UserValueError, check_config_file
 
 logger = logging.getLogger(__name__)
