@@ -10,7 +10,7 @@ from PIL import Image
 from torch import nn
 
 from tools.engine import AtomicDetectionCheckpointer, build_evaluator, setup_config
-from tools.engine.config import closest_key
+from tools.engine.checks import closest_key
 
 from conftest import REPO
 
