@@ -1,4 +1,4 @@
-"""Building, evaluating and training the model of a LazyConfig (.py) config: its model,
+"""Building and training the model of a LazyConfig (.py) config: its model,
 optimizer, data loaders and evaluator instantiated, trained with Detectron2's trainers and
 hooks as its ``train.*`` says."""
 from detectron2.config import instantiate
