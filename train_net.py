@@ -39,10 +39,9 @@ from detectron2.engine import default_argument_parser, launch  # noqa: E402
 from detectron2.utils.env import seed_all_rng  # noqa: E402
 from torch.multiprocessing import ProcessExitedException  # noqa: E402
 
-from dysample_d2.engine import (  # noqa: E402
-    LazyRun,
+from tools.engine import (  # noqa: E402
+    Run,
     UserInputError,
-    YacsRun,
     check_datasets,
     check_num_classes,
     check_weights,
@@ -53,21 +52,14 @@ from dysample_d2.engine import (  # noqa: E402
 logger = logging.getLogger("detectron2.dysample_d2")
 
 
-def load_run(args):
-    """The run of ``args.config_file``: a LazyRun for .py files, a YacsRun otherwise."""
-    if args.config_file.endswith(".py"):
-        return LazyRun(args.config_file, args.opts, eval_only=args.eval_only)
-    return YacsRun(args.config_file, args.opts)
-
-
 def check_input(args):
     """The run of ``args`` once its config, checkpoint file, datasets and class counts are
     checked (a UserInputError if not). A resumed run's checkpoint is the output dir's."""
-    run = load_run(args)
+    run = Run(args.config_file, args.opts, eval_only=args.eval_only)
     if args.eval_only or not (args.resume and os.path.isfile(
             os.path.join(run.output_dir, "last_checkpoint"))):
         check_weights(run.weights, required=args.eval_only, key=run.weights_key)
-    names, key = run.datasets(args.eval_only)
+    names, key = run.datasets()
     check_datasets(names, key)
     check_num_classes(run.num_classes(), names)
     return run

@@ -64,7 +64,7 @@ UPSAMPLERS = ("nearest", "DySample", "DySample+")
 def build(config, device, norm, quick=False):
     from detectron2.modeling import build_model
 
-    from dysample_d2.engine import setup_config
+    from dysample_d2.model_zoo import get_config
 
     opts = [
         "MODEL.WEIGHTS", "",  # random weights
@@ -79,7 +79,7 @@ def build(config, device, norm, quick=False):
         opts += ["MODEL.RPN.PRE_NMS_TOPK_TRAIN", "100", "MODEL.RPN.PRE_NMS_TOPK_TEST", "100",
                  "MODEL.RPN.POST_NMS_TOPK_TRAIN", "20", "MODEL.RPN.POST_NMS_TOPK_TEST", "20",
                  "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16"]
-    cfg = setup_config(str(REPO / "configs" / config), opts)
+    cfg = get_config(config, opts)
     return build_model(cfg), cfg
 
 

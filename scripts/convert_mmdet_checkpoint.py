@@ -19,14 +19,15 @@ import argparse
 import os
 import sys
 
-from mmdet_conversion import (
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/
+from mmdet_conversion import (  # noqa: E402
     TASKS,
     ConversionError,
     config_for_checkpoint,
     convert_checkpoint,
     save_checkpoint,
 )
-from dysample_d2.engine import setup_config
+from tools.engine import setup_config  # noqa: E402
 
 
 def get_parser():

@@ -18,7 +18,8 @@ from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from dysample_d2.engine import (
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/
+from tools.engine import (  # noqa: E402
     UserFileNotFoundError,
     UserInputError,
     load_exact_checkpoint,

@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from detectron2.structures import Boxes
 
-from dysample_d2.engine import UserInputError
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/
+from tools.engine import UserInputError  # noqa: E402
 from dysample_d2.layers import sampler as use_sampler
 
 from dysample_d2.export import (

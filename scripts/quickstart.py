@@ -120,7 +120,8 @@ def pick_val_image(datasets):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     start = time.time()
-    from dysample_d2.engine import setup_config
+    sys.path.insert(0, REPO)  # tools/, shared with train_net.py
+    from tools.engine import setup_config
 
     config = os.path.abspath(args.config_file or os.path.join(REPO, CONFIGS[args.task]))
     cfg = setup_config(config)

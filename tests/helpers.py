@@ -5,7 +5,7 @@ import os
 import torch
 from detectron2.structures import Boxes, BitMasks, Instances
 
-from dysample_d2.engine import setup_config
+from tools.engine import setup_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO, "configs")

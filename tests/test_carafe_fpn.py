@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from authors_dysample import AuthorsDySample
 from dysample_d2 import CarafeFPN, DySample, to_carafe_fpn
-from dysample_d2.engine import UserInputError
+from tools.engine import UserInputError
 from dysample_d2.modeling.lazy import check_lazy_dysample_arguments
 
 from helpers import load_config

@@ -22,7 +22,7 @@ from mmdet_conversion import (
     reorder_semantic_classes,
     save_checkpoint,
 )
-from dysample_d2.engine import CheckpointMismatchError, load_exact_checkpoint, setup_config
+from tools.engine import CheckpointMismatchError, load_exact_checkpoint, setup_config
 from dysample_d2.layers import DySample
 from dysample_d2.layers.carafe import CARAFE
 from authors_dysample import AuthorsDySample

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from dysample_d2.engine import AtomicDetectionCheckpointer, build_evaluator, setup_config
-from dysample_d2.engine.config import closest_key
+from tools.engine import AtomicDetectionCheckpointer, build_evaluator, setup_config
+from tools.engine.checks import closest_key
 
 from conftest import REPO
 

@@ -124,7 +124,7 @@ def test_early_check_validates_only_the_sites_a_config_selects():
 
 
 def test_unknown_head_key_is_refused_naming_it():
-    from dysample_d2.engine import setup_config
+    from tools.engine import setup_config
 
     with pytest.raises(KeyError, match="MODEL.SEM_SEG_HEAD.DYSAMPLE.GROUP"):
         setup_config(config_path(ADE + "semantic_fpn_R_50_DySample_head_80k.yaml"),

@@ -13,7 +13,7 @@ import torch
 from detectron2.engine import default_argument_parser, launch
 
 import train_net
-from dysample_d2.engine import CheckpointMismatchError
+from tools.engine import CheckpointMismatchError
 
 from conftest import REPO
 

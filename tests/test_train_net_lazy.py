@@ -12,7 +12,7 @@ from detectron2 import model_zoo
 from detectron2.engine import default_argument_parser
 
 import train_net
-from dysample_d2.engine import CheckpointMismatchError, setup_lazy_config
+from tools.engine import CheckpointMismatchError, setup_config
 
 from conftest import REPO
 
@@ -187,7 +187,7 @@ def test_eval_only_needs_a_checkpoint(coco_root, tmp_path):
 
 
 def test_cuda_config_falls_back_to_cpu_without_amp():
-    cfg = setup_lazy_config(D2_LSJ, ["train.device=cuda"])
+    cfg = setup_config(D2_LSJ, ["train.device=cuda"])
     if torch.cuda.is_available():
         assert cfg.train.device == "cuda" and cfg.train.amp.enabled
     else:

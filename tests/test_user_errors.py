@@ -12,8 +12,8 @@ from detectron2.engine import default_argument_parser
 from torch import nn
 
 import train_net
-from dysample_d2.engine import UserInputError, setup_config, setup_lazy_config
-from dysample_d2.engine import config as config_module
+from tools.engine import UserInputError, setup_config
+from tools.engine import config as config_module
 
 from conftest import REPO
 
@@ -156,14 +156,14 @@ def test_typo_of_an_argument_passed_through_kwargs(coco_root, tmp_path):
 
 
 def test_arguments_of_base_classes_and_kwargs_are_accepted():
-    cfg = setup_lazy_config(LSJ, [
+    cfg = setup_config(LSJ, [
         "model.roi_heads.proposal_append_gt=false",  # ROIHeads', through StandardROIHeads
         "dataloader.train.pin_memory=true",  # the DataLoader's, through **kwargs
     ])
     assert cfg.model.roi_heads.proposal_append_gt is False
     assert cfg.dataloader.train.pin_memory is True
     with pytest.raises(KeyError, match=r"did you mean model.roi_heads.positive_fraction\?"):
-        setup_lazy_config(LSJ, ["model.roi_heads.positive_fractoin=0.5"])
+        setup_config(LSJ, ["model.roi_heads.positive_fractoin=0.5"])
 
 
 # ---- checkpoints ----
@@ -235,9 +235,9 @@ def test_checkpoint_of_another_class_count_names_the_fix(coco_root, tmp_path):
 
 def test_dataloader_workers_are_capped_at_the_cpu_count(monkeypatch, caplog):
     monkeypatch.setattr(config_module, "cpu_count", lambda: 1)
-    with caplog.at_level(logging.INFO, logger="dysample_d2.engine.config"):
+    with caplog.at_level(logging.INFO, logger="tools.engine.config"):
         cfg = setup_config(DET, ["DATALOADER.NUM_WORKERS", "4"])
     assert cfg.DATALOADER.NUM_WORKERS == 1
     assert "DATALOADER.NUM_WORKERS lowered from 4 to 1" in caplog.text
-    cfg = setup_lazy_config(LSJ)
+    cfg = setup_config(LSJ)
     assert cfg.dataloader.train.num_workers == 1 and cfg.dataloader.test.num_workers == 1

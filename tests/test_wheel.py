@@ -1,5 +1,6 @@
 """The package as `pip install` gives it: a wheel of the library, its configs and the kernel's
-sources, used from outside the source tree without the tooling's dependencies."""
+sources, used from outside the source tree without the tooling (tools/, scripts/) or its
+dependencies."""
 import os
 import subprocess
 import sys
@@ -35,7 +36,8 @@ def test_wheel_holds_the_library_its_configs_and_kernel_sources_only(wheel):
     assert "dysample_d2/layers/csrc/sample_forward_cpu.cpp" in names
     assert "dysample_d2/layers/csrc/sampling_common.h" in names
     top_level = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
-    assert top_level == {"dysample_d2"}  # no scripts/, tests/ or tooling packages
+    assert top_level == {"dysample_d2"}  # no scripts/, tests/ or tools/ (train_net.py's engine)
+    assert not [n for n in names if n.startswith("dysample_d2/engine/")]
 
 
 @pytest.mark.slow

@@ -49,7 +49,8 @@ def get_config_file(config_path: str) -> str:
 
 def get_config(config_path: str, opts=()):
     """
-    A packaged config, loaded and checked as train_net.py loads it.
+    A packaged config, loaded as ``detectron2.model_zoo.get_config`` loads Detectron2's, with
+    this package's DySample keys and checks.
 
     Args:
         config_path (str): as for :func:`get_config_file`.
@@ -58,10 +59,24 @@ def get_config(config_path: str, opts=()):
 
     Returns:
         CfgNode (with the DySample keys) for .yaml files, omegaconf.DictConfig for .py files.
+
+    Raises:
+        ValueError: a DySample or upsampler value that is not allowed, naming its key.
     """
-    from ..engine import setup_config, setup_lazy_config
+    from detectron2.config import LazyConfig, get_cfg
+
+    from ..config import add_dysample_config, check_dysample_config
+    from ..modeling.lazy import check_lazy_dysample_arguments
 
     path = get_config_file(config_path)
     if path.endswith(".py"):
-        return setup_lazy_config(path, opts)
-    return setup_config(path, opts)
+        cfg = LazyConfig.load(path)
+        LazyConfig.apply_overrides(cfg, [str(o) for o in opts])
+        check_lazy_dysample_arguments(cfg)
+        return cfg
+    cfg = get_cfg()
+    add_dysample_config(cfg)
+    cfg.merge_from_file(path)
+    cfg.merge_from_list([str(o) for o in opts])
+    check_dysample_config(cfg)
+    return cfg

@@ -202,7 +202,7 @@ def convert_checkpoint(in_path: str, cfg, task: Optional[str] = None, reference=
 
 def save_checkpoint(checkpoint: dict, out_path: str) -> None:
     """Write atomically: an interrupted save leaves no truncated file at ``out_path``."""
-    from dysample_d2.engine import AtomicFile
+    from tools.engine import AtomicFile  # the repository root is on sys.path
 
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with AtomicFile(out_path, "wb") as f:

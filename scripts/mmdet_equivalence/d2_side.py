@@ -24,7 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path[:0] = [HERE, REPO]
 from cases import CASES  # noqa: E402
-from dysample_d2.engine import load_exact_checkpoint, setup_config  # noqa: E402
+from tools.engine import load_exact_checkpoint, setup_config  # noqa: E402
 
 NUM_THINGS, NUM_STUFF = 80, 53
 

@@ -1,17 +1,15 @@
 """Loading a LazyConfig (.py) file with ``key=value`` overrides, refusing bad overrides early."""
 import difflib
 import inspect
-import logging
 
 import torch
 from detectron2.config import LazyConfig
 from detectron2.utils.registry import locate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from .checks import UserKeyError, UserValueError, check_config_file
-from .config import cap_workers, closest_key
+from dysample_d2.modeling.lazy import check_lazy_dysample_arguments
 
-logger = logging.getLogger(__name__)
+from .checks import UserKeyError, UserValueError, closest_key
 
 _MISSING = object()
 
@@ -122,7 +120,7 @@ def _parse_override(parser, text: str):
     return override.key_or_group, override.value()
 
 
-def setup_lazy_config(path: str, overrides=()):
+def load_lazy_config(path: str, overrides=()):
     """
     The LazyConfig of ``path`` (a .py file as in Detectron2's ``configs/new_baselines``) with
     ``overrides`` applied, each a ``key=value`` string in Hydra's override syntax (as
@@ -131,18 +129,13 @@ def setup_lazy_config(path: str, overrides=()):
     Detectron2 would add an unknown key silently; here each override is checked before it
     is applied, and refused with a message that names it: a key the config does not have
     (with the closest valid key), unless it is an argument that the LazyCall target above it
-    accepts or one of :data:`OPTIONAL_KEYS`; a number or bool replaced by a value of another kind (``train.max_iter=abc``);
-    DySample arguments that are not allowed (``model.backbone.style=xx``), naming the node.
-    Without CUDA, ``train.device=cuda`` becomes ``cpu``, and on CPU ``train.amp.enabled``
-    becomes false (Detectron2's AMP needs CUDA), each with a warning; ``dataloader.*.num_workers``
-    above the CPU count is lowered to it, with an info line. Every refusal is a
+    accepts or one of :data:`OPTIONAL_KEYS`; a number or bool replaced by a value of another
+    kind (``train.max_iter=abc``); DySample arguments that are not allowed
+    (``model.backbone.style=xx``), naming the node. Every refusal is a
     :class:`~.checks.UserInputError`.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from ..modeling.lazy import check_lazy_dysample_arguments
-
-    check_config_file(path)
     cfg = LazyConfig.load(path)
     parser = OverridesParser.create()
     for text in overrides:
@@ -153,15 +146,4 @@ def setup_lazy_config(path: str, overrides=()):
         check_lazy_dysample_arguments(cfg)
     except ValueError as e:  # a DySample argument that is not allowed
         raise UserValueError(str(e)) from e
-    for name, loader in (cfg.get("dataloader") or {}).items():
-        if isinstance(loader, DictConfig) and isinstance(loader.get("num_workers"), int):
-            loader.num_workers = cap_workers(loader.num_workers, f"dataloader.{name}.num_workers")
-    train = cfg.get("train")
-    if train is not None and "device" in train:
-        if train.device.startswith("cuda") and not torch.cuda.is_available():
-            logger.warning("CUDA is not available: train.device set to cpu")
-            train.device = "cpu"
-        if train.device == "cpu" and train.get("amp", {}).get("enabled", False):
-            logger.warning("train.amp.enabled set to False (Detectron2's AMP needs CUDA)")
-            train.amp.enabled = False
     return cfg

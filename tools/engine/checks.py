@@ -5,6 +5,7 @@ override) raises a :class:`UserInputError`, whose message says what is wrong and
 it: train_net.py prints it as one ``error:`` line, without a traceback. The subclasses are
 also ValueError, KeyError or FileNotFoundError, as callers may expect.
 """
+import difflib
 import functools
 import logging
 import os
@@ -67,10 +68,16 @@ def check_datasets(names, key: str = "DATASETS.TRAIN/TEST") -> None:
                 )
 
 
-def _option(key: str, value: str) -> str:
-    """``key`` set to ``value`` as the command line takes it: ``key=value`` for lazy config
-    keys (lower case), ``KEY VALUE`` for YACS keys."""
-    return f"{key}={value}" if key.islower() else f"{key} {value}"
+def is_lazy_key(key: str) -> bool:
+    """Whether ``key`` is a lazy config's (lower case, ``train.init_checkpoint``) rather than
+    a YACS config's (upper case, ``MODEL.WEIGHTS``)."""
+    return key.islower()
+
+
+def cli_option(key: str, value) -> str:
+    """``key`` set to ``value`` as train_net.py's command line takes it: ``key=value`` for
+    lazy config keys, ``KEY VALUE`` for YACS keys."""
+    return f"{key}={value}" if is_lazy_key(key) else f"{key} {value}"
 
 
 def _first_sentence(error: Exception) -> str:
@@ -108,7 +115,7 @@ def _check_readable(path: str, key: str, shown: str) -> None:
     if reason is not None:
         raise UserValueError(
             f"{key}: checkpoint file {shown!r} cannot be read (truncated or corrupt: {reason}); "
-            f"download or save it again, or set {_option(key, 'path/to/model.pth')} to "
+            f"download or save it again, or set {cli_option(key, 'path/to/model.pth')} to "
             "another file"
         )
 
@@ -122,7 +129,7 @@ def check_weights(path: str, required: bool, key: str = "MODEL.WEIGHTS") -> str:
     The checkpoint that the config's ``key`` names must be given when ``required``, and
     must be readable: a local file that exists and is not truncated or corrupt, or a URL
     (``detectron2://``, ``https://``) that Detectron2 can download (or has cached) now,
-    before anything is written. Lazy config keys (lower case) are set as key=value.
+    before anything is written. Lazy config keys are set as key=value in the messages.
 
     Returns:
         the local path of the checkpoint ('' if none is given).
@@ -130,7 +137,7 @@ def check_weights(path: str, required: bool, key: str = "MODEL.WEIGHTS") -> str:
     if not path:
         if required:
             raise UserValueError(
-                f"--eval-only needs a checkpoint: add {_option(key, 'path/to/model.pth')}"
+                f"--eval-only needs a checkpoint: add {cli_option(key, 'path/to/model.pth')}"
             )
         return ""
     if "://" in path:
@@ -143,13 +150,13 @@ def check_weights(path: str, required: bool, key: str = "MODEL.WEIGHTS") -> str:
         except Exception as e:  # offline, a server refusing, an unknown scheme
             reason, empty = _first_sentence(e), '""'
             norm = ("GN norms, e.g. model.backbone.bottom_up.stem.norm=GN "
-                    "model.backbone.bottom_up.stages.norm=GN" if key.islower()
+                    "model.backbone.bottom_up.stages.norm=GN" if is_lazy_key(key)
                     else "MODEL.RESNETS.NORM GN")
             raise UserValueError(
                 f"{key}: cannot download {path!r} ({reason}); to run offline, train from "
-                f"scratch with {_option(key, empty)} and {norm} (or SyncBN on GPUs; "
+                f"scratch with {cli_option(key, empty)} and {norm} (or SyncBN on GPUs; "
                 "FrozenBN diverges from scratch), or download the file elsewhere and set "
-                f"{_option(key, 'path/to/local/file')}"
+                f"{cli_option(key, 'path/to/local/file')}"
             ) from e
         finally:
             download_log.removeFilter(_no_errors)
@@ -174,5 +181,19 @@ def check_num_classes(num_classes, names) -> None:
             if classes is not None and value != len(classes):
                 raise UserValueError(
                     f"{key} is {value} but dataset {name!r} has {len(classes)} {kind}: "
-                    f"set {_option(key, len(classes))}"
+                    f"set {cli_option(key, len(classes))}"
                 )
+
+
+def closest_key(key: str, valid_keys) -> str:
+    """' (did you mean X?)' for the valid key most like ``key``, or '' if none is close."""
+    valid_keys = list(valid_keys)
+    # Compare whole dotted names, and also the last component among the keys that share
+    # key's parent (a typo in the last component is the usual case).
+    parent = key.rpartition(".")[0]
+    siblings = [k for k in valid_keys if k.rpartition(".")[0] == parent]
+    for candidates in (siblings, valid_keys):
+        match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+        if match:
+            return f" (did you mean {match[0]}?)"
+    return ""

@@ -1,15 +1,13 @@
-"""A run of a YACS (.yaml) config: Detectron2's DefaultTrainer, assembled from its parts."""
+"""Building, evaluating and training the model of a YACS (.yaml) config: Detectron2's
+DefaultTrainer, assembled from its parts."""
 import os
 import weakref
 
 import detectron2.utils.comm as comm
-import torch
 from detectron2.engine import DefaultTrainer, TrainerBase
 from detectron2.evaluation import verify_results
-from detectron2.modeling import build_model
 
 from .checkpoint import AtomicDetectionCheckpointer
-from .config import setup_config
 from .evaluation import build_evaluator
 from .training import build_step_trainer
 
@@ -59,49 +57,15 @@ class Trainer(DefaultTrainer):
         return build_evaluator(dataset_name, output_folder)
 
 
-# The class-count keys each meta architecture reads, with the dataset metadata they count.
-_NUM_CLASSES_KEYS = {
-    "GeneralizedRCNN": [("ROI_HEADS", "thing_classes")],
-    "RetinaNet": [("RETINANET", "thing_classes")],
-    "SemanticSegmentor": [("SEM_SEG_HEAD", "stuff_classes")],
-    "PanopticFPN": [("ROI_HEADS", "thing_classes"), ("SEM_SEG_HEAD", "stuff_classes")],
-}
+def evaluate_yacs(cfg, model):
+    results = Trainer.test(cfg, model)
+    if comm.is_main_process():
+        verify_results(cfg, results)
+    return results
 
 
-class YacsRun:
-    """Training or evaluation as a YACS config says (MODEL.*, SOLVER.*, DATASETS.*)."""
-
-    weights_key = "MODEL.WEIGHTS"
-
-    def __init__(self, config_file: str, opts):
-        self.cfg = setup_config(config_file, opts, freeze=True)
-        self.output_dir = self.cfg.OUTPUT_DIR
-        self.seed = self.cfg.SEED
-        self.weights = self.cfg.MODEL.WEIGHTS
-
-    def datasets(self, eval_only: bool):
-        """(dataset names, the key that names them) that the run reads."""
-        names = self.cfg.DATASETS.TEST
-        return (names, "DATASETS.TEST") if eval_only else (
-            self.cfg.DATASETS.TRAIN + names, "DATASETS.TRAIN/TEST")
-
-    def num_classes(self):
-        """(key, value, dataset metadata it counts) of the class counts the model reads."""
-        model = self.cfg.MODEL
-        return [(f"MODEL.{node}.NUM_CLASSES", model[node].NUM_CLASSES, kind)
-                for node, kind in _NUM_CLASSES_KEYS.get(model.META_ARCHITECTURE, ())]
-
-    def build_model(self):
-        return build_model(self.cfg)
-
-    def evaluate(self, model):
-        results = Trainer.test(self.cfg, model)
-        if comm.is_main_process():
-            verify_results(self.cfg, results)
-        return results
-
-    def train(self, model, resume: bool):
-        torch.backends.cudnn.benchmark = self.cfg.CUDNN_BENCHMARK
-        trainer = Trainer(self.cfg, model)
-        trainer.resume_or_load(resume=resume)
-        return trainer.train()
+def train_yacs(cfg, model, resume: bool):
+    """Train ``model`` with :class:`Trainer`; the final evaluation's results."""
+    trainer = Trainer(cfg, model)
+    trainer.resume_or_load(resume=resume)
+    return trainer.train()

@@ -5,7 +5,7 @@ from collections import defaultdict
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .checks import UserInputError, check_weights
+from .checks import UserInputError, check_weights, is_lazy_key
 
 
 class CheckpointMismatchError(UserInputError, RuntimeError):
@@ -111,7 +111,7 @@ def _summary(keys) -> str:
 
 def _likely_cause(incompatible, missing, key: str) -> str:
     """The likely cause of the mismatch and its fix, as one sentence."""
-    lazy = key.islower()
+    lazy = is_lazy_key(key)
     unexpected = incompatible.unexpected_keys
     shapes = {name: (ckpt, model) for name, ckpt, model in incompatible.incorrect_shapes}
 
