@@ -10,7 +10,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from dysample_d2 import MaskRCNNCarafeUpsampleHead, add_dysample_config
-from dysample_d2.engine import UserValueError
+from tools.engine.checks import UserValueError
 from helpers import load_config, synthetic_batch
 from test_upsamplers import mmcv_kernels, naive_carafe
 
