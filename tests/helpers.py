@@ -5,6 +5,7 @@ import os
 import torch
 from detectron2.structures import Boxes, BitMasks, Instances
 
+from dysample_d2 import model_zoo
 from tools.engine import setup_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -12,7 +13,9 @@ CONFIG_DIR = os.path.join(REPO, "configs")
 
 
 def config_path(name):
-    return os.path.join(CONFIG_DIR, name)
+    """configs/<name>, or Detectron2's model-zoo config of that name, as
+    dysample_d2.model_zoo finds them."""
+    return model_zoo.get_config_file(name)
 
 
 # Small inputs and light heads for CPU tests; random-init FrozenBN ResNets diverge, so

@@ -16,21 +16,26 @@ from test_semantic_seg import CONFIGS as SEMANTIC_SEG  # built, trained and infe
 
 # The paper's COCO systems: config -> (meta-architecture, depth, mask head, upsampler).
 EXPECTED = {
-    "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml": ("GeneralizedRCNN", 50, False, "nearest"),
     "COCO-Detection/faster_rcnn_R_50_DySample_FPN_1x.yaml": ("GeneralizedRCNN", 50, False, "DySample"),
     "COCO-Detection/faster_rcnn_R_50_DySamplePlus_FPN_1x.yaml": ("GeneralizedRCNN", 50, False, "DySample+"),
     "COCO-Detection/faster_rcnn_R_101_FPN_1x.yaml": ("GeneralizedRCNN", 101, False, "nearest"),
     "COCO-Detection/faster_rcnn_R_101_DySamplePlus_FPN_1x.yaml": ("GeneralizedRCNN", 101, False, "DySample+"),
-    "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml": ("GeneralizedRCNN", 50, True, "nearest"),
     "COCO-InstanceSegmentation/mask_rcnn_R_50_DySample_FPN_1x.yaml": ("GeneralizedRCNN", 50, True, "DySample"),
     "COCO-InstanceSegmentation/mask_rcnn_R_50_DySamplePlus_FPN_1x.yaml": ("GeneralizedRCNN", 50, True, "DySample+"),
     "COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_1x.yaml": ("GeneralizedRCNN", 101, True, "nearest"),
     "COCO-InstanceSegmentation/mask_rcnn_R_101_DySamplePlus_FPN_1x.yaml": ("GeneralizedRCNN", 101, True, "DySample+"),
-    "COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml": ("PanopticFPN", 50, True, "nearest"),
     "COCO-PanopticSegmentation/panoptic_fpn_R_50_DySample_1x.yaml": ("PanopticFPN", 50, True, "DySample"),
     "COCO-PanopticSegmentation/panoptic_fpn_R_50_DySamplePlus_1x.yaml": ("PanopticFPN", 50, True, "DySample+"),
     "COCO-PanopticSegmentation/panoptic_fpn_R_101_1x.yaml": ("PanopticFPN", 101, True, "nearest"),
     "COCO-PanopticSegmentation/panoptic_fpn_R_101_DySamplePlus_1x.yaml": ("PanopticFPN", 101, True, "DySample+"),
+}
+
+# Detectron2's own model-zoo configs that are the R50 nearest rows (not copied into configs/;
+# helpers.config_path finds them in Detectron2's model zoo).
+DETECTRON2_BASELINES = {
+    "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml": ("GeneralizedRCNN", 50, False, "nearest"),
+    "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml": ("GeneralizedRCNN", 50, True, "nearest"),
+    "COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.yaml": ("PanopticFPN", 50, True, "nearest"),
 }
 
 # The same systems on the FPN of the DySample authors' released R-CNN models (mmdet's
@@ -129,11 +134,14 @@ EXPECTED_MMDET = {
     "mmdet-recipe/faster_rcnn_R_50_CARAFE_CarafeFPN_1x_mmdet.yaml": (
         "COCO-Detection/faster_rcnn_R_50_CARAFE_CarafeFPN_1x.yaml",
         "faster_rcnn_r50_fpn_carafe_1x_coco_bbox_mAP-0.386_20200504_175733-385a75b7.pth"),
+    "mmdet-recipe/mask_rcnn_R_50_CARAFE_CarafeFPN_1x_mmdet.yaml": (
+        "COCO-InstanceSegmentation/mask_rcnn_R_50_CARAFE_CarafeFPN_1x.yaml",
+        "mask_rcnn_r50_fpn_carafe_1x_coco_bbox_mAP-0.393__segm_mAP-0.358_20200503_135957-8687f195.pth"),
     # comparison rows with no convertible released checkpoint (None)
     **{f"mmdet-recipe/{arch}_R_50_{row}_CarafeFPN_1x_mmdet.yaml": (
         f"COCO-{task}/{arch}_R_50_{row}_CarafeFPN_1x.yaml", None)
        for task, arch in (("Detection", "faster_rcnn"), ("InstanceSegmentation", "mask_rcnn"))
-       for row in COMPARISON_ROWS if (arch, row) != ("faster_rcnn", "CARAFE")},
+       for row in COMPARISON_ROWS if row != "CARAFE"},
     "mmdet-recipe/panoptic_fpn_R_50_DySample_1x_mmdet.yaml": (
         "COCO-PanopticSegmentation/panoptic_fpn_R_50_DySample_1x.yaml",
         "panoptic_fpn_r50_fpn_dysample-lpg4_1x_coco.pth"),
@@ -149,7 +157,7 @@ MMDET_BASE = "mmdet-recipe/Base-mmdet-recipe.yaml"
 MMDET_PANOPTIC_BASE = "mmdet-recipe/Base-mmdet-recipe-panoptic.yaml"
 MMDET_CARAFE_BASE = "mmdet-recipe/Base-mmdet-recipe-CarafeFPN.yaml"
 # Every leaf config -> (meta-architecture, depth, mask head, upsampler).
-_COCO = {**EXPECTED, **EXPECTED_CARAFE}
+_COCO = {**EXPECTED, **EXPECTED_CARAFE, **DETECTRON2_BASELINES}
 SYSTEMS = {**_COCO, **{name: _COCO[base] for name, base in QUICKSTART.items()},
            **{name: _COCO[base] for name, (base, _) in EXPECTED_MMDET.items()}}
 
@@ -241,8 +249,11 @@ def test_carafe_fpn_config_is_its_plain_fpn_system_on_the_carafe_fpn(name):
         assert cfg.MODEL.FPN.DYSAMPLE.DYSCOPE == (upsampler == "DySample+")
         assert (cfg.MODEL.FPN.DYSAMPLE.STYLE, cfg.MODEL.FPN.DYSAMPLE.GROUPS) == ("lp", 4)
     changed = {k for k, v in flat(cfg).items() if v != flat(twin)[k]}
+    # the CARAFE Mask R-CNN upsamples its masks with CARAFE too, as mmdet's configs/carafe
+    carafe_mask_head = {"MODEL.ROI_MASK_HEAD.NAME"} if upsampler == "CARAFE" and mask_on else set()
     assert changed <= {"MODEL.BACKBONE.NAME", "MODEL.FPN.UPSAMPLER",
-                       "MODEL.FPN.DYSAMPLE.SCOPE_BIAS"}, changed
+                       "MODEL.FPN.DYSAMPLE.SCOPE_BIAS"} | carafe_mask_head, changed
+    assert (cfg.MODEL.ROI_MASK_HEAD.NAME == "MaskRCNNCarafeUpsampleHead") == bool(carafe_mask_head)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_MMDET))

@@ -28,13 +28,11 @@ FPN_CONFIGS = {
     "new_baselines/mask_rcnn_regnety_4gf_dds_DySample_FPN_100ep_LSJ.py":
         "new_baselines/mask_rcnn_regnety_4gf_dds_FPN_100ep_LSJ.py",
     "COCO-Detection/retinanet_R_50_DySample_FPN_1x.py": "COCO-Detection/retinanet_R_50_FPN_1x.py",
-    "COCO-PanopticSegmentation/panoptic_fpn_R_50_DySample_FPN_1x.py":
+    "COCO-PanopticSegmentation/panoptic_fpn_R_50_DySample_1x.py":
         "COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.py",
     "Misc/cascade_mask_rcnn_R_50_DySample_FPN_1x.py": None,
 }
 NEAREST_CONFIGS = [
-    "new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py",
-    "new_baselines/mask_rcnn_R_101_FPN_100ep_LSJ.py",
     "Misc/cascade_mask_rcnn_R_50_FPN_1x.py",
 ]
 VITDET_CONFIGS = ["ViTDet/mask_rcnn_vitdet_b_100ep.py", "ViTDet/mask_rcnn_vitdet_b_DySample_100ep.py"]

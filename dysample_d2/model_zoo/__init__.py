@@ -9,6 +9,10 @@ The configs of dysample-d2, installed with the package and found the way
 
 YACS ``_BASE_`` chains and lazy configs' relative imports resolve inside the installed
 ``configs/`` folder. A source checkout's top-level ``configs`` links to the same folder.
+The nearest-FPN baselines are Detectron2's own configs, which this package does not copy: a
+path it does not hold is looked up in ``detectron2.model_zoo``
+(``get_config("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml")`` is Detectron2's file with the
+DySample keys added).
 """
 import difflib
 import os
@@ -27,7 +31,7 @@ def _config_names():
 
 def get_config_file(config_path: str) -> str:
     """
-    The absolute path of a packaged config.
+    The absolute path of a packaged config, else of Detectron2's model-zoo config of that path.
 
     Args:
         config_path (str): relative to the configs folder, as in this project's README, e.g.
@@ -37,9 +41,15 @@ def get_config_file(config_path: str) -> str:
     Raises:
         FileNotFoundError: naming the closest packaged configs.
     """
+    from detectron2 import model_zoo
+
     relative = config_path[len("configs/"):] if config_path.startswith("configs/") else config_path
     path = os.path.join(CONFIG_DIR, relative)
     if not os.path.isfile(path):
+        try:
+            return model_zoo.get_config_file(relative)
+        except RuntimeError:  # not one of Detectron2's either
+            pass
         close = difflib.get_close_matches(relative, sorted(_config_names()), n=3, cutoff=0.5)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         raise FileNotFoundError(f"{config_path!r} is not one of dysample-d2's configs "
