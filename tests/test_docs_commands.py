@@ -336,7 +336,7 @@ def _random_quickstart_checkpoint(mirror):
         return
     import torch
 
-    from dysample_d2.export import load_model
+    from tools.deploy import load_model
 
     torch.manual_seed(0)
     _, model = load_model(os.path.join(REPO, QUICKSTART_CONFIG), "", [])
