@@ -32,7 +32,7 @@ import warnings
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO]  # tools/, the repository's tooling package
 
-import dysample_d2  # noqa: F401,E402  (first: it imports Detectron2's models without their warnings)
+import dysample_d2  # noqa: F401,E402  (first: imports Detectron2's models without their warnings)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from detectron2.structures import Boxes  # noqa: E402

@@ -72,8 +72,9 @@ def tracing_adapter(model: nn.Module, image: torch.Tensor) -> TracingAdapter:
 class BackboneExport(nn.Module):
     """
     The part of a model that exports to every format (torch.export included, which whole
-    R-CNNs do not): the features the model's heads see. Normalizes the image, pads it to a multiple of
-    ``backbone.size_divisibility`` as ``model.preprocess_image`` does, runs the backbone.
+    R-CNNs do not): the features the model's heads see. Normalizes the image, pads it to a
+    multiple of ``backbone.size_divisibility`` as ``model.preprocess_image`` does, runs the
+    backbone.
 
     Shapes: image [3, H, W] (model input format, 0-255) -> tuple of [1, C, H_k, W_k], one per
     ``self.names`` ("p2", ..., "p6").

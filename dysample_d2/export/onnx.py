@@ -21,7 +21,8 @@ from detectron2.layers import ROIAlign
 
 from ..layers import DySample, active_sampler
 from .model import BackboneExport
-from .tracing import ExportError, failing_module, first_line, module_name, quiet_tracing, trace_model
+from .tracing import (ExportError, failing_module, first_line, module_name, quiet_tracing,
+                      trace_model)
 
 __all__ = ["ONNX_OPSET", "DYNAMO_OPSET", "GRIDSAMPLE_MIN_OPSET", "export_onnx", "output_names"]
 

@@ -102,10 +102,10 @@ def write_onnx(module: nn.Module, image: torch.Tensor, path: str, opset: int = N
 def script_model(model: nn.Module, fields: dict):
     """
     Detectron2's ``scripting`` export (``scripting_with_instances(model, fields)``), refused
-    for models with DySample: its CPU path is one Python autograd Function and its grid cache
-    a Python ``lru_cache``, which ``torch.jit.script`` cannot compile, and the FPN's top-down
-    loop zips sliced ModuleLists. Making them scriptable would fork the module's code for a
-    deprecated format; tracing records the same graph at every input size.
+    for models with DySample, naming them and the script's formats that work: its CPU path is
+    one Python autograd Function and its grid cache a Python ``lru_cache``, which
+    ``torch.jit.script`` cannot compile (``DySample.__prepare_scriptable__`` stops it in one
+    line); tracing records the same graph at every input size.
 
     Raises:
         ExportError: for models containing a DySample module.
