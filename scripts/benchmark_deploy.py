@@ -25,18 +25,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(HERE), HERE]  # tools/ and scripts/
 from bench_common import header_lines, load_average, publish_table, start_info  # noqa: E402
 
-from dysample_d2.export import (  # noqa: E402
-    BackboneExport,
-    export_onnx,
-    export_program,
-    load_model,
-    load_runtime,
-    trace_model,
-)
+from dysample_d2.export import BackboneExport, export_program, trace_model  # noqa: E402
 from dysample_d2.layers import sampler  # noqa: E402
+from tools.deploy import load_model, load_runtime, write_onnx  # noqa: E402
 
 CONFIGS = {
     "DySample-FPN": "configs/COCO-Detection/faster_rcnn_R_50_DySample_FPN_1x.yaml",
@@ -94,7 +89,7 @@ def export_all(models, cells, export_size, directory):
             started = time.perf_counter()
             with sampler(sampler_name):
                 if fmt == "onnx":
-                    export_onnx(backbone, image, path, opset=opset, sampler=sampler_name)
+                    write_onnx(backbone, image, path, opset=opset)
                 elif fmt == "torchscript":
                     torch.jit.save(trace_model(backbone, (image,)), path)
                 else:

@@ -21,45 +21,45 @@ does) or on a random image of --size, then runs the written file in --runtime an
 it with the eager model (sampling as the export does) at that size and at --check-size.
 The file is written under a temporary name (model.partial.onnx, ...) and renamed once the
 check passed; a failed check removes it. --sampler auto picks gathers below opset 16, and from
-opset 16 the faster export for --runtime (gathers for onnxruntime, GridSample for OpenVINO;
-dysample_d2.export.samplers). --precision runs the check at bf16 / f16 (DySample's sampling
-kept in float32, dysample_d2.export.precision).
+opset 16 the faster export for --runtime (tools.deploy.export_sampler). --precision runs the
+check at bf16 / f16 (DySample's sampling kept in float32, tools/deploy/precision.py).
 """
 import argparse
 import os
 import sys
 import warnings
 
-import dysample_d2  # noqa: F401  (first: it imports Detectron2's models without their warnings)
-import torch
-import torch.nn.functional as F
-from detectron2.structures import Boxes
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [REPO]  # tools/, the repository's tooling package
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/
+import dysample_d2  # noqa: F401,E402  (first: imports Detectron2's models without their warnings)
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from detectron2.structures import Boxes  # noqa: E402
+
 from tools.engine import UserInputError  # noqa: E402
-from dysample_d2.layers import sampler as use_sampler
-
-from dysample_d2.export import (
-    DYNAMO_OPSET,
-    ONNX_OPSET,
-    PRECISIONS,
+from dysample_d2.export import (  # noqa: E402
     BackboneExport,
     ExportError,
+    export_program,
+    tracing_adapter,
+)
+from dysample_d2.export.onnx import DYNAMO_OPSET, ONNX_OPSET, output_names  # noqa: E402
+from dysample_d2.export.program import check_program_size  # noqa: E402
+from dysample_d2.layers import sampler as use_sampler  # noqa: E402
+from tools.deploy import (  # noqa: E402
+    PRECISIONS,
     ExportWarning,
     check_opset,
-    check_program_size,
     check_runtime,
-    export_onnx,
-    export_program,
-    export_torchscript,
+    export_sampler,
     load_model,
     load_runtime,
     max_abs_diffs,
-    output_names,
-    resolve_sampler,
     runtime_for,
     script_model,
-    tracing_adapter,
+    write_onnx,
+    write_torchscript,
 )
 
 SUFFIX = {"torchscript": ".ts", "onnx": ".onnx", "export": ".pt2"}
@@ -127,7 +127,7 @@ def check_arguments(args) -> str:
                           "float16 converter writes an invalid graph for whole R-CNNs (their If "
                           "subgraphs); add --backbone-only, or check the whole model at f32")
     runtime = None if args.runtime == "none" else args.runtime
-    return resolve_sampler(args.sampler, args.opset if onnx else None, runtime)
+    return export_sampler(args.sampler, args.opset if onnx else None, runtime)
 
 
 def trace_image(cfg, args) -> torch.Tensor:
@@ -191,12 +191,11 @@ def write_export(args, module, image, path, sampler) -> list:
 def _write_export(args, module, image, path, sampler) -> list:
     with use_sampler(sampler):
         if args.format == "torchscript":
-            export_torchscript(module, (image,), path)
+            write_torchscript(module, (image,), path)
         elif args.format == "export":
             torch.export.save(export_program(module, image), path)
         else:
-            return export_onnx(module, image, path, opset=args.opset, sampler=sampler,
-                               dynamo=args.dynamo)
+            return write_onnx(module, image, path, opset=args.opset, dynamo=args.dynamo)
         if args.backbone_only:
             return list(module.names)
         return output_names(module)

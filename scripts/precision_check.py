@@ -9,7 +9,7 @@ units is bf16) and onnxruntime f32 / f16 (the model converted to float16).
 
 Both models (same config but the upsampler) are exported to ONNX (backbone, and the whole
 model) once per sampler; every export is run in each runtime x precision, DySample's with its
-sampling nodes kept in float32 (``dysample_d2.export.precision``) and, to show what that
+sampling nodes kept in float32 (``tools/deploy/precision.py``) and, to show what that
 does, without. Reported per cell: the backbone's relative feature drift (max |export - eager|
 / max |eager| over the levels the top-down upsampling produces, p2..p4), the detections'
 differences (matched to eager's by class and IoU: how many are unmatched, the largest score
@@ -27,21 +27,20 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(HERE), HERE]  # tools/ and scripts/
 from bench_common import header_lines, load_average, publish_table, start_info  # noqa: E402
 
-from dysample_d2.export import (  # noqa: E402
-    BackboneExport,
-    ExportError,
+from dysample_d2.export import BackboneExport, ExportError, tracing_adapter  # noqa: E402
+from dysample_d2.export.onnx import output_names  # noqa: E402
+from dysample_d2.layers import sampler  # noqa: E402
+from tools.deploy import (  # noqa: E402
     compiled_precision,
-    export_onnx,
     load_model,
     load_runtime,
     max_rel_diffs,
-    output_names,
-    tracing_adapter,
+    write_onnx,
 )
-from dysample_d2.layers import sampler  # noqa: E402
 
 BEGIN, END = "<!-- precision_check: begin -->", "<!-- precision_check: end -->"
 DYSAMPLE_CONFIG = "configs/quickstart/faster_rcnn_R_18_DySample_FPN_tiny.yaml"
@@ -118,7 +117,8 @@ def export_all(models, image, directory):
                 module = BackboneExport(model) if part == "backbone" else tracing_adapter(
                     model, image)
                 path = os.path.join(directory, f"{len(paths)}.onnx")
-                export_onnx(module, image, path, opset=opset, sampler=sampler_name)
+                with sampler(sampler_name):
+                    write_onnx(module, image, path, opset=opset)
                 paths[(name, label, part)] = (path, sampler_name, module)
     return paths
 

@@ -24,8 +24,10 @@ import sys
 import numpy as np
 import torch
 
-from dysample_d2.export import load_model
-from sampling_plot import choose_points, collect_sampling, draw_sampling, summary
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.dirname(HERE), HERE]  # tools/ and scripts/
+from sampling_plot import choose_points, collect_sampling, draw_sampling, summary  # noqa: E402
+from tools.deploy import load_model  # noqa: E402
 
 
 def get_parser():

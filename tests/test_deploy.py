@@ -11,20 +11,12 @@ import importlib.util
 import pytest
 import torch
 
-from dysample_d2.export import (
-    BackboneExport,
-    ExportError,
-    export_onnx,
-    export_program,
-    load_runtime,
-    max_abs_diffs,
-    max_rel_diffs,
-    output_names,
-    tracing_adapter,
-)
+from dysample_d2.export import BackboneExport, ExportError, export_program, tracing_adapter
+from dysample_d2.export.onnx import output_names
 from dysample_d2.layers import sampler
 from bench_common import SMOKE_RUN
 from test_export import image, tiny_model
+from tools.deploy import export_sampler, load_runtime, max_abs_diffs, max_rel_diffs, write_onnx
 
 MODELS = {
     "faster": "quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml",
@@ -98,7 +90,8 @@ def test_onnx_whole_model_in_runtime(tmp_path, name, sampler_name, opset, runtim
     needs(runtime)
     adapter = tracing_adapter(model(name), image(*EXPORT_SIZE))
     path = str(tmp_path / "model.onnx")
-    names = export_onnx(adapter, image(*EXPORT_SIZE), path, opset=opset, sampler=sampler_name)
+    with sampler(sampler_name):
+        names = write_onnx(adapter, image(*EXPORT_SIZE), path, opset=opset)
     check_detections(adapter, load_runtime(runtime, "onnx", path), sampler_name, names)
 
 
@@ -109,14 +102,18 @@ def test_onnx_gather_backbone_below_opset_16(tmp_path, opset, runtime):
     needs(runtime)
     backbone = BackboneExport(model("faster"))
     path = str(tmp_path / "backbone.onnx")
-    names = export_onnx(backbone, image(*EXPORT_SIZE), path, opset=opset)  # auto: gather
-    check_features(backbone, load_runtime(runtime, "onnx", path), "gather", names)
+    sampler_name = export_sampler("auto", opset, runtime)
+    assert sampler_name == "gather"
+    with sampler(sampler_name):
+        names = write_onnx(backbone, image(*EXPORT_SIZE), path, opset=opset)
+    check_features(backbone, load_runtime(runtime, "onnx", path), sampler_name, names)
 
 
 def test_onnx_whole_model_below_opset_16_is_refused(tmp_path):
     adapter = tracing_adapter(model("faster"), image(*EXPORT_SIZE))
-    with pytest.raises(ExportError, match=r"roi_heads.box_pooler.* ROIAlign with aligned=True"):
-        export_onnx(adapter, image(*EXPORT_SIZE), str(tmp_path / "m.onnx"), opset=12)
+    with sampler("gather"), pytest.raises(
+            ExportError, match=r"roi_heads.box_pooler.* ROIAlign with aligned=True"):
+        write_onnx(adapter, image(*EXPORT_SIZE), str(tmp_path / "m.onnx"), opset=12)
 
 
 @pytest.mark.parametrize("sampler_name", ["gridsample", "gather"])
@@ -206,7 +203,8 @@ def test_dynamo_onnx_backbone_in_runtimes(tmp_path, sampler_name):
     needs("onnxscript")
     backbone = BackboneExport(model("faster"))
     path = str(tmp_path / "backbone.onnx")
-    names = export_onnx(backbone, image(*EXPORT_SIZE), path, sampler=sampler_name, dynamo=True)
+    with sampler(sampler_name):
+        names = write_onnx(backbone, image(*EXPORT_SIZE), path, dynamo=True)
     for runtime in ("onnxruntime", "openvino"):
         if importlib.util.find_spec(runtime) is not None:
             check_features(backbone, load_runtime(runtime, "onnx", path), sampler_name, names)

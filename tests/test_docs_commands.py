@@ -241,7 +241,7 @@ COMMANDS = {
     ".venv/bin/python scripts/verify_mmdet_equivalence.py --record-fixture": Help(
         "the mmdet environment: its first run builds .venv-mmdet (mmcv from source, about 40 "
         "minutes, PyPI); tests/test_convert_mmdet.py replays the key names it recorded"),
-    # README export section, docs/deployment.md, docs/export_and_visualization.md
+    # README export section, docs/deployment.md
     'pip install -e ".[deploy]"': Extra(),
     'pip install -e ".[test]"': Extra(),
     "pip install -e .": Extra(),
@@ -336,7 +336,7 @@ def _random_quickstart_checkpoint(mirror):
         return
     import torch
 
-    from dysample_d2.export import load_model
+    from tools.deploy import load_model
 
     torch.manual_seed(0)
     _, model = load_model(os.path.join(REPO, QUICKSTART_CONFIG), "", [])

@@ -1,10 +1,11 @@
 """
-TorchScript / ONNX export of DySample-FPN R-CNNs (dysample_d2/export/, scripts/export_model.py).
+TorchScript / ONNX export of DySample-FPN R-CNNs (dysample_d2/export/, tools/deploy/,
+scripts/export_model.py), and torch.jit.script stopping on every model kind with DySample.
 
 Tolerances (CPU, float32): traced vs eager, boxes 1e-4 px, scores and mask probabilities
 1e-5, classes exact (measured: equal); ONNX Runtime vs eager FPN features,
 atol = rtol = 1e-4 on values of magnitude ~4 (measured: <= 1.3e-5). More numbers:
-docs/export_and_visualization.md.
+docs/deployment.md.
 """
 import os
 import re
@@ -17,17 +18,13 @@ import torch.nn.functional as F
 from detectron2.export import TracingAdapter
 from detectron2.modeling import build_model
 
-from dysample_d2.export import (
-    BackboneExport,
-    ExportError,
-    export_onnx,
-    check_opset,
-    output_names,
-    script_model,
-    trace_model,
-    tracing_adapter,
-)
+from dysample_d2.export import (BackboneExport, ExportError, export_onnx, trace_model,
+                                tracing_adapter)
+from dysample_d2.export.onnx import output_names
+from dysample_d2.layers import sampler
 from helpers import REPO, config_path, load_config, load_script
+from tools.deploy import (ExportWarning, check_opset, export_sampler, script_model, write_onnx,
+                          write_torchscript)
 
 TRACE_SIZE = (64, 96)
 OTHER_SIZES = [(96, 64), (80, 112)]  # 80x112: padded to 96x128 inside
@@ -203,11 +200,15 @@ def test_impossible_export_says_which_op_and_module(tmp_path, capsys):
     assert not (tmp_path / "model.ts").exists()
 
 
-def test_gridsample_below_opset_16_is_refused(tmp_path):
+@pytest.mark.parametrize("sampler_name", ["auto", "gridsample"])
+def test_gridsample_below_opset_16_is_refused(tmp_path, sampler_name):
     model = tiny_model("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
+    with sampler(sampler_name), pytest.raises(
+            ExportError, match="GridSample needs opset >= 16; use the gather sampler .* for "
+                               "backbone.fpn_upsample5"):
+        export_onnx(BackboneExport(model), image(64, 64), str(tmp_path / "x.onnx"), opset=11)
     with pytest.raises(ExportError, match="GridSample needs opset >= 16; use the gather"):
-        export_onnx(BackboneExport(model), image(64, 64), str(tmp_path / "x.onnx"), opset=11,
-                    sampler="gridsample")
+        export_sampler("gridsample", 11)
 
 
 @pytest.mark.parametrize("opset,exporter", [(10, "torchscript"), (21, "torchscript"),
@@ -225,6 +226,56 @@ def test_scripting_is_refused_naming_tracing_and_torch_export():
     message = str(info.value)
     assert "backbone.fpn_upsample5 and 2 more" in message
     assert "tracing" in message and "torch.export" in message and "--format export" in message
+
+
+def scriptable_kinds():
+    """(kind, module, script) for every model kind holding DySample; script(module) is how a
+    user would script it: torch.jit.script, or Detectron2's scripting_with_instances."""
+    from detectron2.export import scripting_with_instances
+    from detectron2.layers import ShapeSpec
+    from detectron2.structures import Boxes
+
+    from dysample_d2 import DySample, DySampleSemSegFPNHead
+    from test_semantic_seg import head_config
+
+    def whole(config):
+        torch.manual_seed(0)
+        return build_model(load_config(config)).eval()
+
+    fields = {"proposal_boxes": Boxes, "objectness_logits": torch.Tensor,
+              "pred_boxes": Boxes, "scores": torch.Tensor, "pred_classes": torch.Tensor}
+    shapes = {f"p{k}": ShapeSpec(channels=64, stride=2**k) for k in (2, 3, 4, 5)}
+    cfg = head_config()
+    cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 32
+    yield "DySample", DySample(16, 2), torch.jit.script
+    yield ("DySampleFPN R-CNN", whole("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml"),
+           lambda m: scripting_with_instances(m, fields))
+    carafe_fpn = whole("quickstart/faster_rcnn_R_50_DySample_CarafeFPN_tiny.yaml")
+    yield "CarafeFPN", carafe_fpn.backbone, torch.jit.script
+    yield "CarafeFPN R-CNN", carafe_fpn, lambda m: scripting_with_instances(m, fields)
+    yield "DySampleSemSegFPNHead", DySampleSemSegFPNHead(cfg, shapes).eval(), torch.jit.script
+
+
+def test_torch_jit_script_stops_in_one_line_naming_trace_and_torch_export():
+    """Every model kind with DySample: torch.jit.script and Detectron2's scripting export stop
+    before compiling anything, in one line that names what works instead."""
+    kinds = []
+    for kind, module, script in scriptable_kinds():
+        with pytest.raises(RuntimeError, match=r"cannot be compiled by torch\.jit\.script: "
+                           r"export .* with torch\.jit\.trace .* or torch\.export") as info:
+            script(module)
+        assert "\n" not in str(info.value), kind
+        kinds.append(kind)
+    assert len(kinds) == 5
+
+
+def test_torch_jit_script_stops_on_dysample_simple_feature_pyramid():
+    from test_vitdet import DYSAMPLE, build_pyramid  # needs timm, as ViTDet does
+
+    with pytest.raises(RuntimeError, match=r"DySample cannot be compiled by torch\.jit\.script: "
+                       r"export .* with torch\.jit\.trace .* or torch\.export") as info:
+        torch.jit.script(build_pyramid(DYSAMPLE))
+    assert "\n" not in str(info.value)
 
 
 def test_onnx_op_without_conversion_is_named(tmp_path):
@@ -257,8 +308,6 @@ def check_traced_batch(trace_images, run_images):
     `run_images`: the same boxes, scores, classes and masks as eager on the same sampler,
     within Detectron2's tolerance (assert_instances_allclose) and this file's."""
     from detectron2.utils.testing import assert_instances_allclose
-
-    from dysample_d2.layers import sampler
 
     model = tiny_model("quickstart/mask_rcnn_R_50_DySample_FPN_tiny.yaml")
 
@@ -298,8 +347,6 @@ def test_traced_batch_of_resized_clones_matches_eager_on_the_clones():
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_without_detections_warns(tmp_path, fmt):
-    from dysample_d2.export import ExportWarning, export_torchscript
-
     torch.manual_seed(0)
     model = build_model(load_config("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml",
                                     opts=SMALL + ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "1.0"]))
@@ -307,20 +354,18 @@ def test_export_without_detections_warns(tmp_path, fmt):
     adapter = tracing_adapter(model.eval(), x)
     with pytest.warns(ExportWarning, match="no detections on the export input"):
         if fmt == "onnx":
-            export_onnx(adapter, x, str(tmp_path / "m.onnx"))
+            write_onnx(adapter, x, str(tmp_path / "m.onnx"))
         else:
-            export_torchscript(adapter, (x,), str(tmp_path / "m.ts"))
+            write_torchscript(adapter, (x,), str(tmp_path / "m.ts"))
 
 
 def test_backbone_export_does_not_warn_about_detections(tmp_path):
     import warnings
 
-    from dysample_d2.export import ExportWarning
-
     model = tiny_model("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
     with warnings.catch_warnings():
         warnings.simplefilter("error", ExportWarning)
-        export_onnx(BackboneExport(model), image(*TRACE_SIZE), str(tmp_path / "b.onnx"))
+        write_onnx(BackboneExport(model), image(*TRACE_SIZE), str(tmp_path / "b.onnx"))
 
 
 @pytest.mark.parametrize("runtime,opset,expected", [
@@ -328,20 +373,37 @@ def test_backbone_export_does_not_warn_about_detections(tmp_path):
     (None, 17, "gridsample"), ("torch", None, "gridsample"),
 ])
 def test_auto_sampler_per_runtime(runtime, opset, expected):
-    from dysample_d2.export import resolve_sampler
-
-    assert resolve_sampler("auto", opset, runtime) == expected
-    assert resolve_sampler("gridsample", 17, runtime or "onnxruntime") == "gridsample"
-    assert resolve_sampler("gather", opset, runtime) == "gather"
+    assert export_sampler("auto", opset, runtime) == expected
+    assert export_sampler("gridsample", 17, runtime or "onnxruntime") == "gridsample"
+    assert export_sampler("gather", opset, runtime) == "gather"
 
 
-def test_auto_sampler_for_openvino_follows_the_cpu_and_its_default_precision(monkeypatch):
-    from dysample_d2.export import resolve_sampler, samplers
+class FakeOpenVINOCore:
+    """openvino.Core as export_sampler reads it: the CPU's name and default precision."""
+    cpu, precision = "", ""
 
-    monkeypatch.setattr(samplers, "_openvino_prefers_gather", lambda: False)
-    assert resolve_sampler("auto", 17, "openvino") == "gridsample"
-    monkeypatch.setattr(samplers, "_openvino_prefers_gather", lambda: True)
-    assert resolve_sampler("auto", 17, "openvino") == "gather"
+    def get_property(self, device, name):
+        assert device == "CPU"
+        if name == "FULL_DEVICE_NAME":
+            return self.cpu
+        return type("Precision", (), {"to_string": lambda _: self.precision})()
+
+
+@pytest.mark.parametrize("cpu,precision,expected", [
+    ("AMD EPYC 9554 64-Core Processor", "f32", "gather"),
+    ("AMD EPYC 9554 64-Core Processor", "bf16", "gridsample"),
+    ("Intel(R) Xeon(R) Platinum 8480+", "f32", "gridsample"),
+])
+def test_auto_sampler_for_openvino_follows_the_cpu_and_its_default_precision(
+        monkeypatch, cpu, precision, expected):
+    import types
+
+    core = type("Core", (FakeOpenVINOCore,), {"cpu": cpu, "precision": precision})
+    monkeypatch.setitem(sys.modules, "openvino", types.SimpleNamespace(Core=core))
+    assert export_sampler("auto", 17, "openvino") == expected
+    assert export_sampler("auto", 17, "onnxruntime") == "gather"  # no probe for onnxruntime
+    monkeypatch.setitem(sys.modules, "openvino", None)  # not installed: the general choice
+    assert export_sampler("auto", 17, "openvino") == "gridsample"
 
 
 def test_dynamo_check_sizes_are_ones_programs_take():

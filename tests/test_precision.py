@@ -1,5 +1,5 @@
 """
-Low-precision inference of ONNX exports (dysample_d2/export/precision.py): DySample's
+Low-precision inference of ONNX exports (tools/deploy/precision.py): DySample's
 sampling nodes are tagged in the export, OpenVINO keeps them in float32 at bf16, and the
 DySample-FPN backbone then drifts from float32 no more than its nearest-FPN twin (same
 weights but the upsampler). Tiny random models, as in test_deploy.py.
@@ -10,19 +10,13 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from dysample_d2.export import (
-    SAMPLING_TAG,
-    BackboneExport,
-    compiled_precision,
-    export_onnx,
-    load_runtime,
-    max_rel_diffs,
-    sampling_nodes,
-)
+from dysample_d2.export import BackboneExport, ExportError
 from dysample_d2.layers import sampler
 from bench_common import SMOKE_RUN
 from helpers import load_config
 from test_export import SMALL, image, tiny_model
+from tools.deploy import (SAMPLING_TAG, compiled_precision, load_runtime, max_rel_diffs,
+                          sampling_nodes, write_onnx)
 
 DYSAMPLE = "quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml"
 NEAREST = "quickstart/faster_rcnn_R_50_FPN_tiny.yaml"
@@ -52,7 +46,8 @@ def backbones(tmp_path_factory):
                                       ("nearest", nearest, "gridsample")):
         module = BackboneExport(model)
         path = str(tmp_path_factory.mktemp(name) / "backbone.onnx")
-        export_onnx(module, image(*EXPORT_SIZE), path, sampler=sampler_name)
+        with sampler(sampler_name):
+            write_onnx(module, image(*EXPORT_SIZE), path)
         out[name] = (module, path, sampler_name)
     return out
 
@@ -128,8 +123,6 @@ def test_onnxruntime_float16_dysample_drifts_no_more_than_nearest(backbones, nam
 
 
 def test_a_precision_the_runtime_lacks_is_refused(backbones):
-    from dysample_d2.export import ExportError
-
     with pytest.raises(ExportError, match="runtime onnxruntime has no precision 'bf16'"):
         load_runtime("onnxruntime", "onnx", backbones["dysample"][1], precision="bf16")
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dysample_d2.export import load_model
 from sampling_plot import choose_points
 from helpers import config_path, load_script
+from tools.deploy import load_model
 
 CONFIG = config_path("quickstart/faster_rcnn_R_50_DySample_FPN_tiny.yaml")
 OPTS = [  # a ResNet-18 with a narrow FPN: the same DySample-FPN, a fraction of the time

@@ -1,6 +1,6 @@
 """
-What every export format records: the model of a config, its image -> features part
-(:class:`BackboneExport`) and its image -> flattened detections part (:func:`tracing_adapter`).
+What every export format records of a Detectron2 model: its image -> features part
+(:class:`BackboneExport`) or its image -> flattened detections part (:func:`tracing_adapter`).
 """
 import torch
 import torch.nn.functional as F
@@ -10,35 +10,7 @@ from detectron2.export import TracingAdapter
 from detectron2.modeling import GeneralizedRCNN, PanopticFPN
 from detectron2.structures import ImageList
 
-__all__ = ["ExportError", "load_model", "BackboneExport", "tracing_adapter", "pad_image"]
-
-
-class ExportError(RuntimeError):
-    """An export that cannot be done; the message names the part of the model and why."""
-
-
-def load_model(config_file: str, weights=None, opts=()):
-    """
-    Build the model of a config file (+ command-line `opts`) in eval mode and load
-    `weights` (default: MODEL.WEIGHTS; none: random init) strictly. CPU unless CUDA exists.
-
-    Returns:
-        (CfgNode, nn.Module)
-    """
-    from detectron2.modeling import build_model
-
-    from ..engine import load_exact_checkpoint, setup_config
-
-    cfg = setup_config(config_file, opts)
-    if weights is not None:
-        cfg.MODEL.WEIGHTS = weights
-    if not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
-    model = build_model(cfg).eval()
-    if cfg.MODEL.WEIGHTS:
-        load_exact_checkpoint(model, cfg.MODEL.WEIGHTS)
-    return cfg, model
+__all__ = ["BackboneExport", "tracing_adapter", "pad_image"]
 
 
 def pad_image(x: torch.Tensor, backbone: nn.Module) -> torch.Tensor:
@@ -82,6 +54,10 @@ def _inference_func(model):
 
 def tracing_adapter(model: nn.Module, image: torch.Tensor) -> TracingAdapter:
     """
+    The whole model as a module every exporter takes: Detectron2's ``TracingAdapter`` of its
+    inference without post-processing (boxes in input-image pixels), one image in, a tuple of
+    tensors out.
+
     Args:
         model: a Detectron2 meta-architecture.
         image (Tensor[3, H, W]): float, cfg.INPUT.FORMAT, 0-255 (``batched_inputs[i]["image"]``).
@@ -95,8 +71,10 @@ def tracing_adapter(model: nn.Module, image: torch.Tensor) -> TracingAdapter:
 
 class BackboneExport(nn.Module):
     """
-    The features the model's heads see: normalizes the image, pads it to a multiple of
-    ``backbone.size_divisibility`` as ``model.preprocess_image`` does, runs the backbone.
+    The part of a model that exports to every format (torch.export included, which whole
+    R-CNNs do not): the features the model's heads see. Normalizes the image, pads it to a
+    multiple of ``backbone.size_divisibility`` as ``model.preprocess_image`` does, runs the
+    backbone.
 
     Shapes: image [3, H, W] (model input format, 0-255) -> tuple of [1, C, H_k, W_k], one per
     ``self.names`` ("p2", ..., "p6").

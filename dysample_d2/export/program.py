@@ -27,10 +27,10 @@ from torch.export import Dim
 from detectron2.export import TracingAdapter
 from detectron2.structures import ImageList
 
-from .model import BackboneExport, ExportError, pad_image
-from .tracing import _failing_module, _first_line, _quiet_tracing
+from .model import BackboneExport, pad_image
+from .tracing import ExportError, failing_module, first_line, quiet_tracing
 
-__all__ = ["MIN_STEPS", "export_program", "check_program_size"]
+__all__ = ["export_program", "check_program_size"]
 
 MIN_STEPS = 3  # smallest padded side, in multiples of the size divisibility
 MAX_STEPS = 256  # largest side, in multiples of the size divisibility
@@ -81,9 +81,10 @@ def _padding_with_integer_sizes(module: nn.Module):
 
 def export_program(module: nn.Module, image: torch.Tensor) -> torch.export.ExportedProgram:
     """
-    torch.export `module` (BackboneExport, or a TracingAdapter of a whole model) with input
-    ``image`` [3, H, W]; H and W are dynamic, any size :func:`check_program_size` accepts
-    (see the module docstring).
+    ``torch.export`` `module` (BackboneExport, or a TracingAdapter of a whole model) with
+    input ``image`` [3, H, W], for runtimes that take programs (``torch.export.save``,
+    OpenVINO's converter) and for the torch.export-based ONNX exporter. H and W are dynamic:
+    any size :func:`check_program_size` accepts (see the module docstring).
 
     Raises:
         ExportError: naming the module and source line torch.export could not record.
@@ -96,7 +97,7 @@ def export_program(module: nn.Module, image: torch.Tensor) -> torch.export.Expor
     if isinstance(module, TracingAdapter):  # forward(*args): one entry for all the args
         shapes = (shapes,)
     try:
-        with _quiet_tracing(), _padding_with_integer_sizes(module):
+        with quiet_tracing(), _padding_with_integer_sizes(module):
             return torch.export.export(module, (image,), dynamic_shapes=shapes, strict=False)
     except Exception as e:
         raise ExportError(_program_failure(e, module)) from e
@@ -114,11 +115,11 @@ def _program_failure(exc: Exception, module: nn.Module) -> str:
         why = ("a Python branch or size on tensor values, which torch.export cannot record "
                "(it would need torch.cond)")
     else:
-        why = _first_line(exc)
+        why = first_line(exc)
     whole = isinstance(module, TracingAdapter)
     ways = ("Export the backbone with torch.export (--backbone-only), or the whole model by "
             "tracing (--format torchscript or onnx)." if whole else "")
-    return (f"torch.export failed in {_failing_module(exc, module)}{line}: {name}: {why}. "
+    return (f"torch.export failed in {failing_module(exc, module)}{line}: {name}: {why}. "
             f"{ways}").strip()
 
 

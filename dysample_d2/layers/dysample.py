@@ -175,6 +175,14 @@ class DySample(nn.Module):
             + (", scope_bias=True" if self.scope_bias else "")
         )
 
+    def __prepare_scriptable__(self):
+        """torch.jit.script (and Detectron2's ``scripting_with_instances``) calls this on every
+        submodule before compiling: stop there in one line, for any model holding a DySample,
+        since its CPU kernel is an autograd Function and its grid cache an ``lru_cache``."""
+        raise RuntimeError(
+            "DySample cannot be compiled by torch.jit.script: export the model with "
+            "torch.jit.trace (Detectron2's TracingAdapter) or torch.export instead")
+
     def offsets(self, x: torch.Tensor) -> torch.Tensor:
         """
         Learned offsets from the bilinear sampling positions, in input pixels.

@@ -1,5 +1,6 @@
 """
-Runtimes that run an export: load a written file as ``run(image) -> list of arrays``.
+Runtimes that run an export: load a written file as ``run(image) -> list of arrays``, and
+compare its outputs with the eager model's (:func:`max_abs_diffs`, :func:`max_rel_diffs`).
 
 =============  ===============================  =========================================
 runtime        formats                          package
@@ -9,7 +10,7 @@ onnxruntime    onnx                             ``pip install -e ".[deploy]"``
 openvino       onnx, export                     ``pip install -e ".[deploy]"``
 =============  ===============================  =========================================
 
-``precision`` (:data:`~dysample_d2.export.precision.PRECISIONS`): OpenVINO compiles in float32
+``precision`` (:data:`.precision.PRECISIONS`): OpenVINO compiles in float32
 by default here (``INFERENCE_PRECISION_HINT``; on CPUs with bfloat16 units OpenVINO's own
 default is bfloat16, "default" takes it), or bf16 / f16 with DySample's sampling nodes kept in
 float32 (:mod:`.precision`); onnxruntime runs the file (f32) or its float16 conversion (f16).
@@ -23,11 +24,12 @@ import tempfile
 import numpy as np
 import torch
 
-from .model import ExportError
+from dysample_d2.export import ExportError
+
 from .precision import PRECISIONS, float16_onnx, openvino_model
 
 __all__ = ["RUNTIMES", "CANNOT", "check_runtime", "load_runtime", "runtime_for",
-           "compiled_precision"]
+           "compiled_precision", "max_abs_diffs", "max_rel_diffs"]
 
 # runtime -> (formats, Python module)
 RUNTIMES = {
@@ -154,3 +156,24 @@ def _openvino_model(openvino, path):
         why = lines[0] if lines else str(e).splitlines()[0]
         raise ExportError(f"OpenVINO cannot convert the torch.export program: {why}; run the "
                           "export written as ONNX (--format onnx --dynamo)") from e
+
+
+def max_abs_diffs(expected, actual) -> dict:
+    """{i: max |expected[i] - actual[i]|} of two tuples of tensors (or arrays); raises
+    ValueError if their number or shapes differ (e.g. one detection more)."""
+    if len(expected) != len(actual):
+        raise ValueError(f"{len(expected)} outputs expected, got {len(actual)}")
+    diffs = {}
+    for i, (a, b) in enumerate(zip(expected, actual)):
+        b = torch.as_tensor(b)
+        if tuple(a.shape) != tuple(b.shape):
+            raise ValueError(f"output {i}: shape {tuple(a.shape)} expected, got {tuple(b.shape)}")
+        diffs[i] = (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+    return diffs
+
+
+def max_rel_diffs(expected, actual) -> dict:
+    """{i: max |expected[i] - actual[i]| / max |expected[i]|}: feature errors on their scale."""
+    diffs = max_abs_diffs(expected, actual)
+    return {i: d / max(expected[i].abs().max().item(), 1e-12) if expected[i].numel() else 0.0
+            for i, d in diffs.items()}

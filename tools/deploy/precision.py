@@ -7,8 +7,8 @@ In bfloat16 (8 significant bits) a grid value near 1 is off by up to 2^-8, which
 to lose, so a DySample-FPN that runs the grid in low precision drifts further from float32
 than its nearest twin. What this module does about it:
 
-* :func:`tag_sampling_nodes` (run by :func:`~dysample_d2.export.export_onnx` on every
-  TorchScript-based export): the nodes of each DySample module, except its offset and scope
+* :func:`tag_sampling_nodes` (run by :func:`.writing.write_onnx` on every TorchScript-based
+  export): the nodes of each DySample module, except its offset and scope
   convolutions, are renamed ``<module scope>/dysample_sampling/<node>`` so that a runtime's
   tooling can find them (:func:`sampling_nodes`), and the few float ops that OpenVINO's CPU
   plugin replaces while compiling (Sub, Div, Expand, Clip; the replacements would drop a
@@ -44,7 +44,7 @@ _KEPT_TYPES = ("Sub", "Div", "Expand", "Clip")
 
 def _dysample_scopes(module: nn.Module) -> list:
     """ONNX name prefixes of the DySample modules, e.g. '/backbone/fpn_upsample3/'."""
-    from ..layers import DySample
+    from dysample_d2.layers import DySample
 
     return ["/" + name.replace(".", "/") + "/" for name, m in module.named_modules()
             if isinstance(m, DySample)]
