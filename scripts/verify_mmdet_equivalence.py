@@ -42,11 +42,20 @@ def run(cmd, **kwargs):
     return subprocess.run(cmd, cwd=REPO, **kwargs)
 
 
+def config_file(project_py, config):
+    """The path of a config name as dysample_d2.model_zoo finds it (this project's configs,
+    then Detectron2's model zoo), asked of the project's interpreter."""
+    return subprocess.run(
+        [project_py, "-c", "import sys; from dysample_d2 import model_zoo; "
+         "print(model_zoo.get_config_file(sys.argv[1]))", config],
+        check=True, capture_output=True, text=True).stdout.strip()
+
+
 def convert_cmd(project_py, workdir, ckpt_case, config, opts, out_name="d2.pth"):
     cmd = [project_py, os.path.join(HERE, "convert_mmdet_checkpoint.py"),
            os.path.join(workdir, ckpt_case, "mmdet.pth"),
            os.path.join(workdir, ckpt_case, out_name),
-           "--config-file", os.path.join(REPO, "configs", config)]
+           "--config-file", config_file(project_py, config)]
     return cmd + list(opts)
 
 

@@ -24,6 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path[:0] = [HERE, REPO]
 from cases import CASES  # noqa: E402
+from dysample_d2 import model_zoo  # noqa: E402
 from tools.engine import load_exact_checkpoint, setup_config  # noqa: E402
 
 NUM_THINGS, NUM_STUFF = 80, 53
@@ -145,7 +146,7 @@ def compare_panoptic(ref_pan, d2_out):
 
 def compare_case(name, workdir, images):
     case = CASES[name]
-    cfg = setup_config(os.path.join(REPO, "configs", case["config"]), case.get("opts", []))
+    cfg = setup_config(model_zoo.get_config_file(case["config"]), case.get("opts", []))
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg).eval()

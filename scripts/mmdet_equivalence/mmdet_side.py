@@ -83,7 +83,7 @@ def build(case, seed, class_agnostic=None):
         model_cfg.test_cfg.rcnn.nms.class_agnostic = class_agnostic
     torch.manual_seed(seed)
     model = MODELS.build(model_cfg)
-    if carafe_layout and case["upsampler"] != "nearest":
+    if carafe_layout and case["upsampler"].startswith("dysample"):
         authors_neck.use_authors_dysample(model.neck, dyscope=case["upsampler"] == "dysample+",
                                           scope_bias=case.get("scope_bias", False))
     model.init_weights()
