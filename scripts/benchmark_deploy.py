@@ -29,13 +29,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]  # tools/ and scripts/
 from bench_common import header_lines, load_average, publish_table, start_info  # noqa: E402
 
+from dysample_d2 import model_zoo  # noqa: E402
 from dysample_d2.export import BackboneExport, export_program, trace_model  # noqa: E402
 from dysample_d2.layers import sampler  # noqa: E402
 from tools.deploy import load_model, load_runtime, write_onnx  # noqa: E402
 
-CONFIGS = {
-    "DySample-FPN": "configs/COCO-Detection/faster_rcnn_R_50_DySample_FPN_1x.yaml",
-    "nearest FPN": "configs/COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml",
+CONFIGS = {  # as dysample_d2.model_zoo finds them (the nearest FPN: Detectron2's own config)
+    "DySample-FPN": model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_DySample_FPN_1x.yaml"),
+    "nearest FPN": model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"),
 }
 # (label, format, runtime, sampler, opset)
 CELLS = [
