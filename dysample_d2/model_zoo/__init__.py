@@ -16,6 +16,7 @@ DySample keys added).
 """
 import difflib
 import os
+import warnings
 
 __all__ = ["CONFIG_DIR", "get_config_file", "get_config"]
 
@@ -41,7 +42,9 @@ def get_config_file(config_path: str) -> str:
     Raises:
         FileNotFoundError: naming the closest packaged configs.
     """
-    from detectron2 import model_zoo
+    with warnings.catch_warnings():  # Detectron2's model_zoo imports pkg_resources
+        warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
+        from detectron2 import model_zoo
 
     relative = config_path[len("configs/"):] if config_path.startswith("configs/") else config_path
     path = os.path.join(CONFIG_DIR, relative)
