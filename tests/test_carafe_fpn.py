@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from authors_dysample import AuthorsDySample
 from dysample_d2 import CarafeFPN, DySample, to_carafe_fpn
 from tools.engine import UserInputError
-from dysample_d2.modeling.lazy import check_lazy_dysample_arguments
+from dysample_d2.config import check_dysample_config
 
 from helpers import load_config
 
@@ -197,7 +197,7 @@ def test_lazy_node_becomes_the_carafe_fpn():
 
     cfg.backbone.upsampler = "bicubic"
     with pytest.raises(ValueError, match=r"backbone\.upsampler must be one of"):
-        check_lazy_dysample_arguments(cfg)
+        check_dysample_config(cfg)
     with pytest.raises(TypeError, match="unknown arguments \\['group'\\] of upsampler 'dysample'"):
         to_carafe_fpn(lazy_fpn().backbone, group=4)
 
@@ -208,9 +208,9 @@ def test_lazy_node_takes_any_upsampler_and_its_options():
     backbone = instantiate(cfg.backbone)
     assert [m.up_kernel for m in backbone.upsamplers] == [3] * 4
     assert backbone(torch.randn(1, 3, 64, 64))["p2"].shape[-2:] == (16, 16)
-    cfg.backbone.upsampler_options.up_kernel = 4
-    with pytest.raises(ValueError, match=r"backbone\.upsampler_options\.up_kernel must be odd"):
-        check_lazy_dysample_arguments(cfg)
+    cfg.backbone.up_kernel = 4
+    with pytest.raises(ValueError, match=r"^backbone\.up_kernel must be odd"):
+        check_dysample_config(cfg)
     with pytest.raises(TypeError, match=r"of upsampler 'deconv'; allowed: \['upsample_kernel'\]"):
         to_carafe_fpn(lazy_fpn().backbone, upsampler="deconv", up_kernel=3)
 

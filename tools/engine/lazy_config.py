@@ -7,7 +7,7 @@ from detectron2.config import LazyConfig
 from detectron2.utils.registry import locate
 from omegaconf import OmegaConf
 
-from dysample_d2.modeling.lazy import check_lazy_dysample_arguments
+from dysample_d2.config import check_dysample_config
 
 from .checks import UserKeyError, UserValueError, closest_key
 
@@ -143,7 +143,7 @@ def load_lazy_config(path: str, overrides=()):
         _check_override(OmegaConf.to_container(cfg, resolve=False), text, key, value)
         LazyConfig.apply_overrides(cfg, [str(text)])
     try:
-        check_lazy_dysample_arguments(cfg)
+        check_dysample_config(cfg)
     except ValueError as e:  # a DySample argument that is not allowed
         raise UserValueError(str(e)) from e
     return cfg
