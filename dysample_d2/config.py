@@ -162,7 +162,8 @@ def upsampler_from_config(cfg, node: str = "MODEL.FPN"):
     options = check_upsampler_arguments(name, _get(cfg, keys["channels"]), 2, options,
                                         names=keys)
     backbone = _get(cfg, "MODEL.BACKBONE.NAME")
-    if node == "MODEL.FPN" and backbone in CARAFE_FPN_BACKBONES and cfg.MODEL.FPN.FUSE_TYPE != "sum":
+    carafe_layout = node == "MODEL.FPN" and backbone in CARAFE_FPN_BACKBONES
+    if carafe_layout and cfg.MODEL.FPN.FUSE_TYPE != "sum":
         raise ValueError(f"MODEL.FPN.FUSE_TYPE must be 'sum' for {backbone} (the CARAFE-layout "
                          f"FPN adds the upsampled map), got {cfg.MODEL.FPN.FUSE_TYPE!r}")
     return name, options
@@ -175,9 +176,9 @@ def _target(node):
 
 def _check_lazy_site(site: Site, node: DictConfig, path: str) -> None:
     """The upsamplers of a LazyCall node of one of `site`'s targets, by
-    `check_upsampler_arguments`, with the node's keys in its messages. A site that names its
-    upsampler takes every keyword its constructor does not name as that upsampler's option;
-    the others, the options of their upsampler among the node's keys."""
+    `check_upsampler_arguments`, with the node's keys in its messages. Where the node names
+    its upsampler (the FPNs), each of its keys that the constructor does not name is an
+    option of that upsampler; elsewhere, the node's keys among its upsampler's options."""
     name = site.upsampler or node.get("upsampler", "dysample")
     if site.upsampler is None:
         named = [p.name for p in inspect.signature(_target(node).__init__).parameters.values()
