@@ -230,7 +230,8 @@ def test_lazy_panoptic_config_changes_only_the_upsamplers_and_trains():
 
     bad = LazyConfig.apply_overrides(LazyConfig.load(config_path(LAZY_PANOPTIC)),
                                      ["model.sem_seg_head.groups=3"])
-    with pytest.raises(ValueError, match=r"model.sem_seg_head.groups=3 must divide model.sem_seg_head.conv_dims=128"):
+    with pytest.raises(ValueError, match=r"model.sem_seg_head.groups=3 must divide "
+                                         r"model.sem_seg_head.conv_dims=128"):
         check_dysample_config(bad)
 
 
