@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 
 from authors_dysample import AuthorsDySample
 from dysample_d2 import CarafeFPN, DySample, to_carafe_fpn
-from tools.engine import UserInputError
-from dysample_d2.modeling.lazy import check_lazy_dysample_arguments
+from dysample_d2.config import check_dysample_config
+from tools.engine import UserInputError, setup_config
 
 from helpers import load_config
 
@@ -197,7 +197,7 @@ def test_lazy_node_becomes_the_carafe_fpn():
 
     cfg.backbone.upsampler = "bicubic"
     with pytest.raises(ValueError, match=r"backbone\.upsampler must be one of"):
-        check_lazy_dysample_arguments(cfg)
+        check_dysample_config(cfg)
     with pytest.raises(TypeError, match="unknown arguments \\['group'\\] of upsampler 'dysample'"):
         to_carafe_fpn(lazy_fpn().backbone, group=4)
 
@@ -208,11 +208,38 @@ def test_lazy_node_takes_any_upsampler_and_its_options():
     backbone = instantiate(cfg.backbone)
     assert [m.up_kernel for m in backbone.upsamplers] == [3] * 4
     assert backbone(torch.randn(1, 3, 64, 64))["p2"].shape[-2:] == (16, 16)
-    cfg.backbone.upsampler_options.up_kernel = 4
-    with pytest.raises(ValueError, match=r"backbone\.upsampler_options\.up_kernel must be odd"):
-        check_lazy_dysample_arguments(cfg)
+    cfg.backbone.up_kernel = 4
+    with pytest.raises(ValueError, match=r"^backbone\.up_kernel must be odd"):
+        check_dysample_config(cfg)
     with pytest.raises(TypeError, match=r"of upsampler 'deconv'; allowed: \['upsample_kernel'\]"):
         to_carafe_fpn(lazy_fpn().backbone, upsampler="deconv", up_kernel=3)
+
+
+LAZY_CARAFE_FPN = """
+from dysample_d2.modeling.lazy import model_zoo_recipe, to_carafe_fpn
+
+dataloader, lr_multiplier, model, optimizer, train = model_zoo_recipe(
+    "new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py")
+model.backbone = to_carafe_fpn(model.backbone, upsampler="carafe")
+"""
+
+
+def test_lazy_upsampler_options_are_keys_of_the_node(tmp_path):
+    """CarafeFPN takes its upsampler's options as keywords: an override under an options
+    dict is refused naming the node's key, which is accepted and checked."""
+    config = tmp_path / "carafe_fpn.py"
+    config.write_text(LAZY_CARAFE_FPN)
+    with pytest.raises(UserInputError) as error:
+        setup_config(str(config), ["model.backbone.upsampler_options.up_kernel=3"])
+    assert str(error.value) == (
+        "override 'model.backbone.upsampler_options.up_kernel=3': the upsampler_options of "
+        "model.backbone are keys of model.backbone itself: set model.backbone.up_kernel=...")
+    assert setup_config(str(config), ["model.backbone.up_kernel=3"]).model.backbone.up_kernel == 3
+    with pytest.raises(UserInputError, match=r"^model\.backbone\.up_kernel must be odd"):
+        setup_config(str(config), ["model.backbone.up_kernel=4"])
+    with pytest.raises(UserInputError, match=r"^model\.backbone\.up_kernel is not an "
+                                             r"option of upsampler 'dysample'"):
+        setup_config(str(config), ["model.backbone.upsampler=dysample"])
 
 
 @pytest.mark.parametrize("upsampler", ["bilinear", "deconv", "pixel_shuffle", "carafe"])

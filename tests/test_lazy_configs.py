@@ -11,7 +11,8 @@ from detectron2.utils.events import EventStorage
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dysample_d2 import DySample, DySampleFPN, to_dysample
-from dysample_d2.modeling.lazy import LAZY_LAYOUT, check_lazy_dysample_arguments, model_zoo_recipe
+from dysample_d2.config import check_dysample_config
+from dysample_d2.modeling.lazy import LAZY_LAYOUT, model_zoo_recipe
 
 from helpers import config_path, synthetic_batch
 
@@ -118,7 +119,7 @@ def train_and_infer(cfg, steps=2):
 def test_config_has_the_lazy_layout(name):
     cfg = load(name)
     assert set(LAZY_LAYOUT) <= set(cfg)
-    check_lazy_dysample_arguments(cfg)
+    check_dysample_config(cfg)
     stated_dysample_params(name)
 
 
@@ -220,7 +221,7 @@ def test_bad_values_fail_early_with_the_key_path(key, value, message):
     cfg = load(R50_DYSAMPLE)
     LazyConfig.apply_overrides(cfg, [f"model.backbone.{key}={value!r}"])
     with pytest.raises(ValueError, match=r"^model\.backbone\.") as err:
-        check_lazy_dysample_arguments(cfg)
+        check_dysample_config(cfg)
     assert message in str(err.value)
     nearest = load("new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py")
     with pytest.raises(ValueError, match=r"^model\.backbone\.") as err:

@@ -12,7 +12,7 @@ from detectron2.utils.events import EventStorage
 from PIL import Image
 
 from dysample_d2 import DySample, DySampleSemSegFPNHead, add_dysample_config
-from dysample_d2.config import check_dysample_config, dysample_kwargs_from_config
+from dysample_d2.config import check_dysample_config, upsampler_from_config
 
 from helpers import config_path, load_config, synthetic_batch
 
@@ -108,7 +108,7 @@ def test_style_pl_needs_convs_dim_divisible_by_4():
     cfg = head_config(STYLE="pl", GROUPS=1)
     cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM = 130
     with pytest.raises(ValueError, match=r"STYLE='pl' needs MODEL.SEM_SEG_HEAD.CONVS_DIM "):
-        dysample_kwargs_from_config(cfg, "MODEL.SEM_SEG_HEAD.DYSAMPLE")
+        upsampler_from_config(cfg, "MODEL.SEM_SEG_HEAD")
 
 
 def test_early_check_validates_only_the_sites_a_config_selects():
@@ -119,8 +119,8 @@ def test_early_check_validates_only_the_sites_a_config_selects():
     cfg.MODEL.BACKBONE.NAME = "build_resnet_dysample_fpn_backbone"
     with pytest.raises(ValueError, match=r"MODEL.FPN.DYSAMPLE.GROUPS=3 must divide"):
         check_dysample_config(cfg)
-    assert dysample_kwargs_from_config(load_config(ADE + "semantic_fpn_R_50_80k.yaml")) == {
-        "style": "lp", "groups": 4, "dyscope": False, "scope_bias": False}
+    assert upsampler_from_config(load_config(ADE + "semantic_fpn_R_50_80k.yaml")) == ("dysample", {
+        "style": "lp", "groups": 4, "dyscope": False, "scope_bias": False})
 
 
 def test_unknown_head_key_is_refused_naming_it():
@@ -200,7 +200,7 @@ def test_lazy_panoptic_config_changes_only_the_upsamplers_and_trains():
     from detectron2 import model_zoo
     from detectron2.config import LazyConfig, instantiate
 
-    from dysample_d2.modeling.lazy import check_lazy_dysample_arguments
+    from dysample_d2.config import check_dysample_config
 
     cfg = LazyConfig.load(config_path(LAZY_PANOPTIC))
     zoo = model_zoo.get_config("COCO-PanopticSegmentation/panoptic_fpn_R_50_1x.py")
@@ -230,8 +230,9 @@ def test_lazy_panoptic_config_changes_only_the_upsamplers_and_trains():
 
     bad = LazyConfig.apply_overrides(LazyConfig.load(config_path(LAZY_PANOPTIC)),
                                      ["model.sem_seg_head.groups=3"])
-    with pytest.raises(ValueError, match=r"model.sem_seg_head.groups=3 must divide model.sem_seg_head's DySample channels=128"):
-        check_lazy_dysample_arguments(bad)
+    with pytest.raises(ValueError, match=r"model.sem_seg_head.groups=3 must divide "
+                                         r"model.sem_seg_head.conv_dims=128"):
+        check_dysample_config(bad)
 
 
 # --- the ADE20K-layout synthetic dataset ---------------------------------------------------

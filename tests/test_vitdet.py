@@ -6,7 +6,7 @@ from detectron2.modeling import SimpleFeaturePyramid
 from torch import nn
 
 from dysample_d2 import DySample, DySampleSimpleFeaturePyramid, to_dysample
-from dysample_d2.modeling.lazy import check_lazy_dysample_arguments
+from dysample_d2.config import check_dysample_config
 
 from helpers import config_path
 from test_lazy_configs import dysample_params, stated_dysample_params, train_and_infer
@@ -97,7 +97,7 @@ def test_bad_values_fail_early_and_at_instantiate(key, value, message):
     cfg = load(DYSAMPLE)
     cfg.model.backbone[key] = value
     with pytest.raises(ValueError, match=r"^model\.backbone\.") as err:
-        check_lazy_dysample_arguments(cfg)
+        check_dysample_config(cfg)
     assert message in str(err.value)
     with pytest.raises(ValueError) as err:
         instantiate(cfg.model.backbone)

@@ -19,16 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CARAFE", "CARAFE_DEFAULTS", "carafe_reassemble", "reassemble_phases"]
-
-# mmcv's CARAFEPack defaults, which mmdet's FPN_CARAFE configs (configs/carafe) also set
-CARAFE_DEFAULTS = {
-    "up_kernel": 5,  # k_up: reassembly kernel size (odd)
-    "up_group": 1,  # channel groups, each with its own kernels
-    "encoder_kernel": 3,  # k_enc: content encoder kernel size (odd)
-    "encoder_dilation": 1,  # content encoder dilation
-    "compressed_channels": 64,  # channel compressor output channels
-}
+__all__ = ["CARAFE", "carafe_reassemble", "reassemble_phases"]
 
 
 def carafe_reassemble(x: torch.Tensor, kernels: torch.Tensor, up_kernel: int, up_group: int,
@@ -93,18 +84,20 @@ class CARAFE(nn.Module):
     Args:
         channels (int): input (and output) channels C.
         scale (int): upsampling factor s.
-        up_kernel, up_group, encoder_kernel, encoder_dilation, compressed_channels: see
-            `CARAFE_DEFAULTS`.
+        up_kernel (int): k_up, the reassembly kernel size (odd).
+        up_group (int): channel groups, each with its own kernels; must divide C.
+        encoder_kernel (int): k_enc, the content encoder's kernel size (odd).
+        encoder_dilation (int): the content encoder's dilation.
+        compressed_channels (int): output channels of the 1x1 channel compressor.
+
+    The defaults are mmcv's ``CARAFEPack``'s, which mmdet's FPN_CARAFE configs also set.
 
     Shapes: [B, C, H, W] -> [B, C, s*H, s*W].
     """
 
-    def __init__(self, channels: int, scale: int = 2,
-                 up_kernel: int = CARAFE_DEFAULTS["up_kernel"],
-                 up_group: int = CARAFE_DEFAULTS["up_group"],
-                 encoder_kernel: int = CARAFE_DEFAULTS["encoder_kernel"],
-                 encoder_dilation: int = CARAFE_DEFAULTS["encoder_dilation"],
-                 compressed_channels: int = CARAFE_DEFAULTS["compressed_channels"]):
+    def __init__(self, channels: int, scale: int = 2, up_kernel: int = 5, up_group: int = 1,
+                 encoder_kernel: int = 3, encoder_dilation: int = 1,
+                 compressed_channels: int = 64):
         super().__init__()
         self.channels, self.scale = channels, scale
         self.up_kernel, self.up_group = up_kernel, up_group

@@ -19,12 +19,9 @@ from .backend import grid_dtype, sampler_for, tracing_mode
 from .gather import sample_gather
 from .sampling import kernel_forward
 
-__all__ = ["DySample", "DEFAULTS", "STYLES", "check_dysample_arguments"]
+__all__ = ["DySample", "STYLES", "check_dysample_arguments"]
 
 STYLES = ("lp", "pl")
-# DySample's defaults, the authors' DySample-S: offsets from the low-resolution input ("lp"),
-# 4 channel groups, static scope. Every builder and config of the package takes them from here.
-DEFAULTS = {"style": "lp", "groups": 4, "dyscope": False, "scope_bias": False}
 
 
 def _base_grid_of(out_h, out_w, device, dtype, extent=None) -> torch.Tensor:
@@ -103,6 +100,9 @@ class DySample(nn.Module):
         scope_bias (bool): give the scope conv a bias, as the authors' first dysample.py
             release did (their current code has none); only with ``dyscope=True``.
 
+    The defaults are the authors' DySample-S: offsets from the low-resolution input, 4 channel
+    groups, static scope. Bad arguments raise ValueError (`check_dysample_arguments`).
+
     Shapes: input [B, C, H, W] -> output [B, C, s*H, s*W], same dtype as the input.
 
     ``forward(x, add_to=t)`` adds the upsampled x to ``t`` in place and returns ``t``, as
@@ -122,10 +122,10 @@ class DySample(nn.Module):
         self,
         in_channels: int,
         scale: int = 2,
-        style: str = DEFAULTS["style"],
-        groups: int = DEFAULTS["groups"],
-        dyscope: bool = DEFAULTS["dyscope"],
-        scope_bias: bool = DEFAULTS["scope_bias"],
+        style: str = "lp",
+        groups: int = 4,
+        dyscope: bool = False,
+        scope_bias: bool = False,
     ):
         super().__init__()
         check_dysample_arguments(in_channels, scale, style, groups, dyscope, scope_bias)
@@ -278,15 +278,14 @@ class DySample(nn.Module):
         return sampled if add_to is None else add_to.add_(sampled)
 
 
-def check_dysample_arguments(in_channels, scale=2, style=DEFAULTS["style"],
-                             groups=DEFAULTS["groups"], dyscope=DEFAULTS["dyscope"],
-                             scope_bias=DEFAULTS["scope_bias"], names=None) -> None:
+def check_dysample_arguments(in_channels, scale, style, groups, dyscope, scope_bias,
+                             names=None) -> None:
     """
-    The one check of DySample's arguments, for the module and for every config that sets
-    them: raises ValueError naming the argument and its allowed values.
+    The one check of DySample's arguments (those of its constructor), for the module and for
+    every config that sets them: raises ValueError naming the argument and its allowed values.
 
     Args:
-        names (dict, optional): what the caller calls each argument in its messages, e.g.
+        names (dict, optional): the config key of each argument, for the messages, e.g.
             ``{"groups": "MODEL.FPN.DYSAMPLE.GROUPS", "in_channels": "MODEL.FPN.OUT_CHANNELS"}``;
             default the argument names.
     """

@@ -1,11 +1,12 @@
 """
 The optional compiled CPU sampling kernel (``csrc/`` beside this file: forward, backward).
 
-Built on first use with ``torch.utils.cpp_extension.load`` (a C++ compiler and ninja; about a
-minute, then cached under ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``);
-``scripts/install.sh`` builds it once. Where it cannot be built, DySample runs its reference
-formulation (grid_sample, same results) and says why once. Which sampler runs, and how to ask
-for another (which then never builds the kernel): backend.py.
+Built on first use with ``torch.utils.cpp_extension.load`` (a C++ compiler and ninja), then
+cached under ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``; an
+installation step can build it ahead of first use by calling :func:`status`. Where it cannot
+be built, DySample runs its reference formulation (grid_sample, same results) and says why
+once. Which sampler runs, and how to ask for another (which then never builds the kernel):
+backend.py.
 """
 import glob
 import hashlib

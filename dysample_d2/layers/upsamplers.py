@@ -21,34 +21,24 @@ them (``mmdet/models/upsamplers/build_upsampler.py``); FPN_CARAFE has no default
 
 Every upsampler maps [B, C, H, W] to [B, C, s*H, s*W]; a neck slices the output to its lateral.
 """
+import inspect
 from typing import Dict, Optional
 
 from torch import nn
 
-from .carafe import CARAFE, CARAFE_DEFAULTS
-from .dysample import DEFAULTS as DYSAMPLE_DEFAULTS
+from .carafe import CARAFE
 from .dysample import DySample, check_dysample_arguments
 
 __all__ = ["UPSAMPLERS", "UPSAMPLER_OPTIONS", "PixelShufflePack", "build_upsampler",
-           "check_upsampler_arguments", "neck_upsampler_options"]
-
-UPSAMPLERS = ("nearest", "bilinear", "deconv", "pixel_shuffle", "carafe", "dysample")
-# the options each upsampler takes, with their defaults
-UPSAMPLER_OPTIONS: Dict[str, Dict[str, object]] = {
-    "nearest": {},
-    "bilinear": {},
-    "deconv": {"upsample_kernel": 3},  # transposed conv kernel size
-    "pixel_shuffle": {"upsample_kernel": 3},  # conv kernel size (odd), before the shuffle
-    "carafe": dict(CARAFE_DEFAULTS),
-    "dysample": dict(DYSAMPLE_DEFAULTS),
-}
+           "check_upsampler_arguments"]
 
 
 class PixelShufflePack(nn.Module):
     """mmcv's ``PixelShufflePack``: ``upsample_conv`` (k x k, C_in -> C_out * s^2, padding
     (k - 1) // 2), then ``pixel_shuffle(s)``."""
 
-    def __init__(self, in_channels: int, out_channels: int, scale: int, upsample_kernel: int):
+    def __init__(self, in_channels: int, out_channels: int, scale: int,
+                 upsample_kernel: int = 3):
         super().__init__()
         self.scale = scale
         self.upsample_conv = nn.Conv2d(in_channels, out_channels * scale**2, upsample_kernel,
@@ -64,6 +54,45 @@ def _xavier_uniform(conv):
     nn.init.xavier_uniform_(conv.weight)
     nn.init.zeros_(conv.bias)
     return conv
+
+
+def _resize(mode):
+    def build(channels: int, scale: int) -> nn.Module:
+        return nn.Upsample(scale_factor=scale, mode=mode,
+                           align_corners=False if mode == "bilinear" else None)
+    return build
+
+
+def _deconv(channels: int, scale: int, upsample_kernel: int = 3) -> nn.Module:
+    """Transposed conv of kernel ``upsample_kernel``, output exactly s*H x s*W."""
+    padding = (upsample_kernel - 1) // 2
+    # (H - 1) * s - 2 * padding + k + output_padding = s * H
+    deconv = nn.ConvTranspose2d(channels, channels, upsample_kernel, stride=scale,
+                                padding=padding,
+                                output_padding=scale - upsample_kernel + 2 * padding)
+    return _xavier_uniform(deconv)
+
+
+def _pixel_shuffle(channels: int, scale: int, upsample_kernel: int = 3) -> nn.Module:
+    return PixelShufflePack(channels, channels, scale, upsample_kernel)
+
+
+# Each upsampler's constructor, called as ``constructor(channels, scale, **options)``
+_CONSTRUCTORS = {
+    "nearest": _resize("nearest"),
+    "bilinear": _resize("bilinear"),
+    "deconv": _deconv,
+    "pixel_shuffle": _pixel_shuffle,
+    "carafe": CARAFE,
+    "dysample": DySample,
+}
+UPSAMPLERS = tuple(_CONSTRUCTORS)
+# The options each upsampler takes, with their defaults: its constructor's arguments after
+# (channels, scale)
+UPSAMPLER_OPTIONS: Dict[str, Dict[str, object]] = {
+    name: {p.name: p.default for p in list(inspect.signature(constructor).parameters.values())[2:]}
+    for name, constructor in _CONSTRUCTORS.items()
+}
 
 
 def check_upsampler_arguments(name, channels, scale=2, options=None,
@@ -137,28 +166,4 @@ def build_upsampler(name: str, channels: int, scale: int = 2, **options) -> nn.M
         nn.Module: [B, C, H, W] -> [B, C, s*H, s*W].
     """
     options = check_upsampler_arguments(name, channels, scale, options)
-    if name in ("nearest", "bilinear"):
-        return nn.Upsample(scale_factor=scale, mode=name,
-                           align_corners=False if name == "bilinear" else None)
-    if name == "deconv":
-        k = options["upsample_kernel"]
-        padding = (k - 1) // 2
-        # (H - 1) * s - 2 * padding + k + output_padding = s * H
-        deconv = nn.ConvTranspose2d(channels, channels, k, stride=scale, padding=padding,
-                                    output_padding=scale - k + 2 * padding)
-        return _xavier_uniform(deconv)
-    if name == "pixel_shuffle":
-        return PixelShufflePack(channels, channels, scale, options["upsample_kernel"])
-    if name == "carafe":
-        return CARAFE(channels, scale, **options)
-    return DySample(channels, scale, **options)
-
-
-def neck_upsampler_options(name: str, options=None, **dysample_args) -> Dict[str, object]:
-    """
-    The options an FPN passes to `build_upsampler` for upsampler ``name``: ``options``, after
-    the FPN's own DySample arguments (style, groups, dyscope, scope_bias) when ``name`` is
-    "dysample" (an option given in ``options`` wins).
-    """
-    options = dict(options or {})
-    return {**dysample_args, **options} if name == "dysample" else options
+    return _CONSTRUCTORS[name](channels, scale, **options)

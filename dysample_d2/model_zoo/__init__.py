@@ -79,13 +79,12 @@ def get_config(config_path: str, opts=()):
     from detectron2.config import LazyConfig, get_cfg
 
     from ..config import add_dysample_config, check_dysample_config
-    from ..modeling.lazy import check_lazy_dysample_arguments
 
     path = get_config_file(config_path)
     if path.endswith(".py"):
         cfg = LazyConfig.load(path)
         LazyConfig.apply_overrides(cfg, [str(o) for o in opts])
-        check_lazy_dysample_arguments(cfg)
+        check_dysample_config(cfg)
         return cfg
     cfg = get_cfg()
     add_dysample_config(cfg)

@@ -21,8 +21,8 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from torch import nn
 
-from ..config import fpn_upsampler_from_config
-from ..layers import DEFAULTS, DySample, build_upsampler, neck_upsampler_options
+from ..config import upsampler_from_config
+from ..layers import DySample, build_upsampler
 from ..layers.carafe import CARAFE
 
 __all__ = ["CarafeFPN", "build_resnet_carafe_fpn_backbone", "upsample_add"]
@@ -44,8 +44,7 @@ class CarafeFPN(Backbone):
     """
 
     def __init__(self, bottom_up, in_features, out_channels, norm="", upsampler="dysample",
-                 upsampler_options=None, *, style=DEFAULTS["style"], groups=DEFAULTS["groups"],
-                 dyscope=DEFAULTS["dyscope"], scope_bias=DEFAULTS["scope_bias"]):
+                 **upsampler_options):
         """
         Args:
             bottom_up (Backbone): gives the ``in_features`` maps, strides doubling.
@@ -55,9 +54,9 @@ class CarafeFPN(Backbone):
                 "" for none, as the authors' models).
             upsampler (str): one of :data:`dysample_d2.layers.UPSAMPLERS`, built by
                 :func:`dysample_d2.layers.build_upsampler` for each top-down step.
-            upsampler_options (dict, optional): that upsampler's options
-                (:data:`dysample_d2.layers.UPSAMPLER_OPTIONS`), e.g. ``{"up_kernel": 5}``.
-            style, groups, dyscope, scope_bias: DySample's, for ``upsampler="dysample"``.
+            upsampler_options: that upsampler's options
+                (:data:`dysample_d2.layers.UPSAMPLER_OPTIONS`), e.g. ``groups=8`` for
+                "dysample", ``up_kernel=3`` for "carafe".
         """
         super().__init__()
         assert isinstance(bottom_up, Backbone)
@@ -67,8 +66,6 @@ class CarafeFPN(Backbone):
             raise ValueError(f"in_features {in_features} must have strides doubling, got {strides}")
         stages = [int(math.log2(s)) for s in strides] + [int(math.log2(strides[-1])) + 1]
         use_bias = norm == ""
-        options = neck_upsampler_options(upsampler, upsampler_options, style=style,
-                                         groups=groups, dyscope=dyscope, scope_bias=scope_bias)
         for index, stage in enumerate(stages):
             extra = index == len(in_features)  # the stride-2 lateral on the last input
             in_channels = input_shapes[in_features[min(index, len(in_features) - 1)]].channels
@@ -81,7 +78,7 @@ class CarafeFPN(Backbone):
             self.add_module(f"fpn_output{stage}", output)
             if index > 0:
                 self.add_module(f"fpn_upsample{stage}",
-                                build_upsampler(upsampler, out_channels, 2, **options))
+                                build_upsampler(upsampler, out_channels, 2, **upsampler_options))
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
                 nn.init.xavier_uniform_(module.weight)
@@ -174,7 +171,7 @@ def build_resnet_carafe_fpn_backbone(cfg, input_shape: ShapeSpec):
     NORM, UPSAMPLER and that upsampler's options (MODEL.FPN.DYSAMPLE.*, MODEL.FPN.CARAFE.*,
     MODEL.FPN.UPSAMPLE_KERNEL).
     """
-    upsampler, options = fpn_upsampler_from_config(cfg)  # validate before building anything
+    upsampler, options = upsampler_from_config(cfg)  # validate before building anything
     bottom_up = build_resnet_backbone(cfg, input_shape)
     return CarafeFPN(bottom_up, cfg.MODEL.FPN.IN_FEATURES, cfg.MODEL.FPN.OUT_CHANNELS,
-                     norm=cfg.MODEL.FPN.NORM, upsampler=upsampler, upsampler_options=options)
+                     norm=cfg.MODEL.FPN.NORM, upsampler=upsampler, **options)

@@ -6,7 +6,7 @@ from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY, MaskRCNNConvUpsampleHead
 from torch import nn
 
-from ..config import mask_head_carafe_from_config
+from ..config import upsampler_from_config
 from ..layers.upsamplers import build_upsampler
 
 __all__ = ["MaskRCNNCarafeUpsampleHead"]
@@ -56,5 +56,5 @@ class MaskRCNNCarafeUpsampleHead(MaskRCNNConvUpsampleHead):
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
-        ret["carafe_options"] = mask_head_carafe_from_config(cfg)
+        ret["carafe_options"] = upsampler_from_config(cfg, "MODEL.ROI_MASK_HEAD")[1]
         return ret

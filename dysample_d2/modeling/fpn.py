@@ -5,8 +5,8 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
-from ..config import fpn_upsampler_from_config
-from ..layers import DEFAULTS, build_upsampler, neck_upsampler_options
+from ..config import upsampler_from_config
+from ..layers import build_upsampler
 from .carafe_fpn import upsample_add
 
 __all__ = [
@@ -40,11 +40,7 @@ class DySampleFPN(FPN):
         square_pad=0,
         *,
         upsampler="dysample",
-        upsampler_options=None,
-        style=DEFAULTS["style"],
-        groups=DEFAULTS["groups"],
-        dyscope=DEFAULTS["dyscope"],
-        scope_bias=DEFAULTS["scope_bias"],
+        **upsampler_options,
     ):
         """
         Args:
@@ -54,18 +50,16 @@ class DySampleFPN(FPN):
             upsampler (str): one of :data:`dysample_d2.layers.UPSAMPLERS`, built by
                 :func:`dysample_d2.layers.build_upsampler` with the FPN's out_channels and
                 scale 2 for each top-down step.
-            upsampler_options (dict, optional): that upsampler's options
-                (:data:`dysample_d2.layers.UPSAMPLER_OPTIONS`), e.g. ``{"up_kernel": 5}``.
-            style, groups, dyscope, scope_bias: as for :class:`DySample`, for
-                ``upsampler="dysample"``. Bad values raise ValueError (argument name and
+            upsampler_options: that upsampler's options
+                (:data:`dysample_d2.layers.UPSAMPLER_OPTIONS`), e.g. ``groups=8`` for
+                "dysample" (style, groups, dyscope, scope_bias, as for :class:`DySample`),
+                ``up_kernel=3`` for "carafe". Bad values raise ValueError (argument name and
                 allowed values) before the FPN is built.
         """
         input_shapes = bottom_up.output_shape()
         # Top-down order, as self.lateral_convs: coarsest level first, finest last.
         stages = [int(math.log2(input_shapes[f].stride)) for f in reversed(in_features)]
-        options = neck_upsampler_options(upsampler, upsampler_options, style=style,
-                                         groups=groups, dyscope=dyscope, scope_bias=scope_bias)
-        upsamplers = [build_upsampler(upsampler, out_channels, 2, **options)
+        upsamplers = [build_upsampler(upsampler, out_channels, 2, **upsampler_options)
                       for _ in stages[:-1]]
         super().__init__(bottom_up, in_features, out_channels, norm=norm, top_block=top_block,
                          fuse_type=fuse_type, square_pad=square_pad)
@@ -137,7 +131,7 @@ class DySampleFPN(FPN):
 
 
 def _build_dysample_fpn(cfg, input_shape: ShapeSpec, top_block_fn):
-    upsampler, options = fpn_upsampler_from_config(cfg)  # validate before building anything
+    upsampler, options = upsampler_from_config(cfg)  # validate before building anything
     bottom_up = build_resnet_backbone(cfg, input_shape)
     return DySampleFPN(
         bottom_up=bottom_up,
@@ -147,7 +141,7 @@ def _build_dysample_fpn(cfg, input_shape: ShapeSpec, top_block_fn):
         top_block=top_block_fn(bottom_up),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
         upsampler=upsampler,
-        upsampler_options=options,
+        **options,
     )
 
 

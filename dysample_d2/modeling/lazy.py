@@ -19,10 +19,9 @@ from detectron2.modeling import SimpleFeaturePyramid
 from detectron2.modeling.backbone import FPN
 from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
 from detectron2.utils.registry import locate
-from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..layers import (DEFAULTS, UPSAMPLER_OPTIONS, check_dysample_arguments,
-                      check_upsampler_arguments)
+from ..config import check_dysample_config
+from ..layers import UPSAMPLER_OPTIONS
 from .carafe_fpn import CarafeFPN
 from .fpn import DySampleFPN
 from .semantic_seg import DySampleSemSegFPNHead
@@ -31,7 +30,6 @@ from .vitdet import DySampleSimpleFeaturePyramid
 __all__ = [
     "DYSAMPLE_TWINS",
     "LAZY_LAYOUT",
-    "check_lazy_dysample_arguments",
     "model_zoo_recipe",
     "to_carafe_fpn",
     "to_dysample",
@@ -66,7 +64,7 @@ def _target(node):
     return locate(target) if isinstance(target, str) else target
 
 
-def to_dysample(node, **dysample_args):
+def to_dysample(node, **dysample_options):
     """
     Turn a ``LazyCall(FPN)``, ``LazyCall(SimpleFeaturePyramid)`` (ViTDet) or
     ``LazyCall(SemSegFPNHead)`` (Panoptic FPN's semantic branch) node into its DySample twin
@@ -74,13 +72,14 @@ def to_dysample(node, **dysample_args):
     Checkpoints of the original model load with only the DySample parameters missing.
 
     Args:
-        dysample_args: style, groups, dyscope, scope_bias, as for :class:`DySample`
-            (defaults :data:`dysample_d2.layers.DEFAULTS`).
+        dysample_options: style, groups, dyscope, scope_bias, as for :class:`DySample` (the
+            node gets all four, DySample's defaults where not given).
     """
-    unknown = sorted(set(dysample_args) - set(DEFAULTS))
+    defaults = UPSAMPLER_OPTIONS["dysample"]
+    unknown = sorted(set(dysample_options) - set(defaults))
     if unknown:
         raise TypeError(f"to_dysample: unknown DySample arguments {unknown}; "
-                        f"allowed: {list(DEFAULTS)}")
+                        f"allowed: {list(defaults)}")
     current = _target(node)
     base = next((b for b in DYSAMPLE_TWINS if isinstance(current, type)
                  and issubclass(current, b)), None)
@@ -91,8 +90,8 @@ def to_dysample(node, **dysample_args):
             f"a LazyCall node of one of {[b.__name__ for b in DYSAMPLE_TWINS]}"
         )
     node._target_ = DYSAMPLE_TWINS[base]
-    node.update({**DEFAULTS, **dysample_args})
-    check_lazy_dysample_arguments(node)
+    node.update({**defaults, **dysample_options})
+    check_dysample_config(node)
     return node
 
 
@@ -110,10 +109,9 @@ def to_carafe_fpn(node, upsampler="dysample", **options):
 
     Args:
         upsampler: one of :data:`dysample_d2.layers.UPSAMPLERS`.
-        options: that upsampler's options (:data:`dysample_d2.layers.UPSAMPLER_OPTIONS`):
-            for "dysample" style, groups, dyscope, scope_bias (node keys, as
-            :func:`to_dysample` sets them), for the others the node's ``upsampler_options``
-            (e.g. ``up_kernel=5`` for "carafe").
+        options: that upsampler's options (:data:`dysample_d2.layers.UPSAMPLER_OPTIONS`),
+            e.g. ``groups=8`` for "dysample", ``up_kernel=3`` for "carafe": node keys, all of
+            them, the upsampler's defaults where not given.
     """
     allowed = UPSAMPLER_OPTIONS.get(upsampler, {})
     unknown = sorted(set(options) - set(allowed))
@@ -131,70 +129,6 @@ def to_carafe_fpn(node, upsampler="dysample", **options):
     for key in list(node.keys()):
         del node[key]
     node._target_ = CarafeFPN
-    node.update({**kept, "upsampler": upsampler})
-    if upsampler == "dysample":
-        node.update({**DEFAULTS, **options})
-    else:
-        node.upsampler_options = options
-    check_lazy_dysample_arguments(node)
+    node.update({**kept, "upsampler": upsampler, **allowed, **options})
+    check_dysample_config(node)
     return node
-
-
-def _pyramid_channels(node):
-    net = node.get("net")
-    if isinstance(net, DictConfig) and "embed_dim" in net:  # ViT: features of embed_dim
-        return DySampleSimpleFeaturePyramid.upsampler_channels(net.embed_dim, node.scale_factors)
-    return []
-
-
-# LazyCall targets that build DySample modules from DySample's arguments -> the channels of
-# those modules as the node tells them (an empty list where only the built network knows).
-DYSAMPLE_TARGETS = {
-    DySampleSimpleFeaturePyramid: _pyramid_channels,
-    DySampleSemSegFPNHead: lambda node: [node.conv_dims],
-}
-
-
-def _check_lazy_fpn_upsampler(node, prefix):
-    """The upsampler of a LazyCall(CarafeFPN) / LazyCall(DySampleFPN) node, by
-    `check_upsampler_arguments`: DySample's arguments are node keys, the others' under
-    ``upsampler_options``."""
-    name = node.get("upsampler", "dysample")
-    options = dict(node.get("upsampler_options") or {})
-    names = {"name": f"{prefix}.upsampler", "channels": f"{prefix}.out_channels",
-             **{k: f"{prefix}.upsampler_options.{k}" for k in options},
-             **{k: f"{prefix}.{k}" for k in DEFAULTS if k not in options}}
-    if name == "dysample":
-        options = {**{k: node.get(k, default) for k, default in DEFAULTS.items()}, **options}
-    check_upsampler_arguments(name, node.out_channels, 2, options, names=names)
-
-
-def check_lazy_dysample_arguments(cfg, path=None) -> None:
-    """
-    Check the DySample arguments of every node under ``cfg`` (a lazy config or any node of
-    one) whose target is in :data:`DYSAMPLE_TARGETS`, without building the model, so that a
-    bad value, in the file or in a ``key=value`` override, fails early with the node's key
-    path, the argument and its allowed values (DySample's own checks).
-    """
-    if path is None:
-        path = cfg._get_full_key(None) if isinstance(cfg, (DictConfig, ListConfig)) else ""
-    if isinstance(cfg, DictConfig):
-        target = _target(cfg) if "_target_" in cfg else None
-        if target in (CarafeFPN, DySampleFPN):
-            _check_lazy_fpn_upsampler(cfg, path or target.__name__)
-        if target in DYSAMPLE_TARGETS:
-            args = {k: cfg.get(k, default) for k, default in DEFAULTS.items()}
-            prefix = path or target.__name__
-            names = {k: f"{prefix}.{k}" for k in DEFAULTS}
-            for channels in DYSAMPLE_TARGETS[target](cfg):
-                names["in_channels"] = f"{prefix}'s DySample channels"
-                check_dysample_arguments(channels, 2, names=names, **args)
-        keys = [k for k in cfg if not OmegaConf.is_interpolation(cfg, k)]
-    elif isinstance(cfg, ListConfig):
-        keys = [i for i in range(len(cfg)) if not OmegaConf.is_interpolation(cfg, i)]
-    else:
-        return
-    for key in keys:
-        value = cfg[key]
-        if isinstance(value, (DictConfig, ListConfig)):
-            check_lazy_dysample_arguments(value, f"{path}.{key}" if path else str(key))

@@ -7,8 +7,8 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
 from torch import nn
 
-from ..config import dysample_kwargs_from_config
-from ..layers import DEFAULTS, DySample
+from ..config import upsampler_from_config
+from ..layers import UPSAMPLER_OPTIONS, DySample
 
 __all__ = ["DySampleSemSegFPNHead"]
 
@@ -36,29 +36,26 @@ class DySampleSemSegFPNHead(SemSegFPNHead):
         input_shape: Dict[str, ShapeSpec],
         *,
         conv_dims: int,
-        style: str = DEFAULTS["style"],
-        groups: int = DEFAULTS["groups"],
-        dyscope: bool = DEFAULTS["dyscope"],
-        scope_bias: bool = DEFAULTS["scope_bias"],
         **kwargs,
     ):
         """
         Args:
-            input_shape, conv_dims, kwargs: as for :class:`SemSegFPNHead`.
-            style, groups, dyscope, scope_bias: as for :class:`DySample`; every upsampler has
+            input_shape, conv_dims: as for :class:`SemSegFPNHead`.
+            kwargs: :class:`SemSegFPNHead`'s other arguments, and DySample's (style, groups,
+                dyscope, scope_bias, as for :class:`DySample`); every upsampler has
                 ``conv_dims`` channels and scale 2.
         """
+        dysample_options = {k: kwargs.pop(k) for k in UPSAMPLER_OPTIONS["dysample"] if k in kwargs}
         # input_shape by keyword: a lazy config passes a DictConfig, which configurable would
         # take for a cfg if it came first
         super().__init__(input_shape=input_shape, conv_dims=conv_dims, **kwargs)
         for head in self.scale_heads:
             for index, op in enumerate(head):
                 if isinstance(op, nn.Upsample):
-                    head[index] = DySample(conv_dims, 2, style=style, groups=groups,
-                                           dyscope=dyscope, scope_bias=scope_bias)
+                    head[index] = DySample(conv_dims, 2, **dysample_options)
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         # validated before the parent builds anything
-        dysample_kwargs = dysample_kwargs_from_config(cfg, "MODEL.SEM_SEG_HEAD.DYSAMPLE")
-        return {**super().from_config(cfg, input_shape), **dysample_kwargs}
+        _name, dysample_options = upsampler_from_config(cfg, "MODEL.SEM_SEG_HEAD")
+        return {**super().from_config(cfg, input_shape), **dysample_options}

@@ -23,7 +23,7 @@ in place of the deconvolutions' 2,655,168.
 from detectron2.modeling import SimpleFeaturePyramid
 from torch import nn
 
-from ..layers import DEFAULTS, DySample
+from ..layers import DySample
 
 __all__ = ["DySampleSimpleFeaturePyramid", "ReduceDySample"]
 
@@ -31,9 +31,9 @@ __all__ = ["DySampleSimpleFeaturePyramid", "ReduceDySample"]
 class ReduceDySample(nn.Module):
     """A 1x1 conv from in_channels to out_channels, then DySample (scale 2) on its output."""
 
-    def __init__(self, in_channels, out_channels, **dysample_args):
+    def __init__(self, in_channels, out_channels, **dysample_options):
         super().__init__()
-        self.upsample = DySample(out_channels, 2, **dysample_args)  # checks the args first
+        self.upsample = DySample(out_channels, 2, **dysample_options)  # checks the args first
         self.reduce = nn.Conv2d(in_channels, out_channels, kernel_size=1)
 
     def forward(self, x):
@@ -52,25 +52,21 @@ class DySampleSimpleFeaturePyramid(SimpleFeaturePyramid):
         top_block=None,
         norm="LN",
         square_pad=0,
-        *,
-        style=DEFAULTS["style"],
-        groups=DEFAULTS["groups"],
-        dyscope=DEFAULTS["dyscope"],
-        scope_bias=DEFAULTS["scope_bias"],
+        **dysample_options,
     ):
         """
         Args:
             net, in_feature, out_channels, scale_factors, top_block, norm, square_pad: as for
                 :class:`detectron2.modeling.SimpleFeaturePyramid`.
-            style, groups, dyscope, scope_bias: as for :class:`DySample`, for every step;
-                groups must divide each step's output channels (dim/2, and dim/4 for 4x).
+            dysample_options: DySample's (style, groups, dyscope, scope_bias, as for
+                :class:`DySample`), for every step; groups must divide each step's output
+                channels (dim/2, and dim/4 for 4x).
         """
         dim = net.output_shape()[in_feature].channels
-        args = dict(style=style, groups=groups, dyscope=dyscope, scope_bias=scope_bias)
         # index in the stage of each ConvTranspose2d, as SimpleFeaturePyramid lays it out
         steps = {4.0: {0: (dim, dim // 2), 3: (dim // 2, dim // 4)}, 2.0: {0: (dim, dim // 2)}}
         replacements = [
-            {i: ReduceDySample(c_in, c_out, **args) for i, (c_in, c_out) in
+            {i: ReduceDySample(c_in, c_out, **dysample_options) for i, (c_in, c_out) in
              steps.get(scale, {}).items()}
             for scale in scale_factors
         ]  # built first: bad DySample arguments fail before the pyramid is

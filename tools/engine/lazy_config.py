@@ -7,7 +7,7 @@ from detectron2.config import LazyConfig
 from detectron2.utils.registry import locate
 from omegaconf import OmegaConf
 
-from dysample_d2.modeling.lazy import check_lazy_dysample_arguments
+from dysample_d2.config import check_dysample_config
 
 from .checks import UserKeyError, UserValueError, closest_key
 
@@ -64,6 +64,16 @@ def _parameters(target):
     return names, not inspect.isclass(target)
 
 
+def _keywords_name(target):
+    """The name of the ``**keywords`` parameter of a LazyCall target, or None."""
+    target = locate(target) if isinstance(target, str) else target
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    return next((p.name for p in parameters if p.kind is p.VAR_KEYWORD), None)
+
+
 def _accepts_argument(target, name: str) -> bool:
     """Whether a LazyCall target takes a keyword argument ``name``: one it names, or, when
     it takes ``**kwargs`` it passes elsewhere, any name that is not a near miss of one it
@@ -85,12 +95,26 @@ def _type_error(old, new):
     return None
 
 
+def _check_keywords_key(tree, text: str, parts) -> None:
+    """Refuse an override that sets a target's ``**keywords`` parameter as a key
+    (``model.backbone.upsampler_options.up_kernel=3``), naming the node's own key to set."""
+    for depth in (1, 2):
+        node = _lookup(tree, parts[:-depth])
+        if len(parts) > depth and isinstance(node, dict) and "_target_" in node and (
+                parts[-depth] == _keywords_name(node["_target_"])):
+            prefix = ".".join(parts[:-depth])
+            option = parts[-1] if depth == 2 else "<option>"
+            raise UserKeyError(f"override {text!r}: the {parts[-depth]} of {prefix} are keys of "
+                               f"{prefix} itself: set {prefix}.{option}=...")
+
+
 def _check_override(tree, text: str, key: str, value) -> None:
     parts = key.split(".")
     old = _lookup(tree, parts)
     if old is _MISSING and key not in OPTIONAL_KEYS:
         parent = _lookup(tree, parts[:-1])
         target = parent.get("_target_") if isinstance(parent, dict) else None
+        _check_keywords_key(tree, text, parts)
         candidates = list(_flat_keys(tree))
         if target is not None:
             if _accepts_argument(target, parts[-1]):
@@ -143,7 +167,7 @@ def load_lazy_config(path: str, overrides=()):
         _check_override(OmegaConf.to_container(cfg, resolve=False), text, key, value)
         LazyConfig.apply_overrides(cfg, [str(text)])
     try:
-        check_lazy_dysample_arguments(cfg)
+        check_dysample_config(cfg)
     except ValueError as e:  # a DySample argument that is not allowed
         raise UserValueError(str(e)) from e
     return cfg
