@@ -239,7 +239,7 @@ COMMANDS = {
     "configs/mmdet-recipe/faster_rcnn_R_50_DySample_CarafeFPN_1x_mmdet.yaml":
         Refuse("faster_rcnn_r50_fpn_dysample-lpg4_1x_coco_d2.pth"),
     ".venv/bin/python scripts/verify_mmdet_equivalence.py --record-fixture": Help(
-        "the mmdet environment: its first run builds .venv-mmdet (mmcv from source, about 40 "
+        "the mmdet environment: its first run builds .venv-mmdet (mmcv from source, tens of "
         "minutes, PyPI); tests/test_convert_mmdet.py replays the key names it recorded"),
     # README export section, docs/deployment.md
     'pip install -e ".[deploy]"': Extra(),
