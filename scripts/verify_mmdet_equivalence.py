@@ -56,7 +56,7 @@ def convert_cmd(project_py, workdir, ckpt_case, config, opts, out_name="d2.pth")
            os.path.join(workdir, ckpt_case, "mmdet.pth"),
            os.path.join(workdir, ckpt_case, out_name),
            "--config-file", config_file(project_py, config)]
-    return cmd + list(opts)
+    return cmd + list(opts or ())
 
 
 def check_image(name, res):
@@ -139,6 +139,9 @@ def main(argv=None):
     parser.add_argument("--record-fixture", action="store_true",
                         help=f"also write the mmdet key names/shapes to {FIXTURE}")
     parser.add_argument("--skip-setup", action="store_true")
+    parser.add_argument("--reuse-mmdet-outputs", action="store_true",
+                        help="skip the mmdet side where every case's checkpoint and outputs "
+                        "are already in --workdir (a rerun of the Detectron2 side)")
     args = parser.parse_args(argv)
     start = time.time()
     cases = args.cases.split(",")
@@ -148,8 +151,13 @@ def main(argv=None):
         run([sys.executable, os.path.join(HERE, "mmdet_equivalence", "setup_env.py"),
              "--venv", args.venv], check=True)
     fixture = FIXTURE if args.record_fixture else os.path.join(args.workdir, "mmdet_keys.json")
-    run([mmdet_py, os.path.join(HERE, "mmdet_equivalence", "mmdet_side.py"), args.workdir,
-         "--cases", args.cases, "--fixture", fixture], check=True)
+    recorded = all(os.path.isfile(os.path.join(args.workdir, name, "mmdet_out.pt"))
+                   for name in cases)
+    if args.reuse_mmdet_outputs and recorded:
+        log(f"reusing the mmdet checkpoints and outputs in {args.workdir}")
+    else:
+        run([mmdet_py, os.path.join(HERE, "mmdet_equivalence", "mmdet_side.py"), args.workdir,
+             "--cases", args.cases, "--fixture", fixture], check=True)
 
     conversions = {}
     for name in cases:
