@@ -26,7 +26,7 @@ How commands run (the only differences from a fresh clone, all here):
   * `source .venv/bin/activate`: the checkout's .venv/bin first on PATH, VIRTUAL_ENV set;
     `export K=V` sets K for the rest of its block;
   * the working directory is a mirror of the checkout (`mirror` fixture): links to
-    .venv/, train_net.py, configs/, scripts/, dysample_d2/, setup.py, pyproject.toml, a copy of docs/
+    .venv/, train_net.py, configs/, scripts/, tools/, dysample_d2/, setup.py, pyproject.toml, a copy of docs/
     (a command regenerates docs/sampling.png), and its own datasets/, output/, checkpoints/, so
     nothing is written into the checkout; DYSAMPLE_D2_VENV names the checkout's .venv, which
     the scripts would otherwise look for in the mirror;
@@ -323,8 +323,8 @@ def mirror(tmp_path_factory):
     import shutil
 
     root = tmp_path_factory.mktemp("checkout")
-    for name in (".venv", "train_net.py", "configs", "scripts", "dysample_d2", "setup.py",
-                 "pyproject.toml", "LICENSE"):
+    for name in (".venv", "train_net.py", "configs", "scripts", "tools", "dysample_d2",
+                 "setup.py", "pyproject.toml", "LICENSE"):
         os.symlink(os.path.join(REPO, name), root / name)
     shutil.copytree(os.path.join(REPO, "docs"), root / "docs")
     return str(root)
