@@ -27,7 +27,7 @@ from dysample_d2.layers import DySample
 from dysample_d2.layers.carafe import CARAFE
 from authors_dysample import AuthorsDySample
 
-from helpers import CONFIG_DIR
+from helpers import CONFIG_DIR, config_path
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures",
                        "mmdet_keys_rcnn.json")
@@ -78,7 +78,7 @@ def write_mmdet(path, state):
 
 
 def config(config_name, opts=()):
-    return setup_config(os.path.join(CONFIG_DIR, config_name), list(opts))
+    return setup_config(config_path(config_name), list(opts))
 
 
 _MODELS, _META = {}, {}
