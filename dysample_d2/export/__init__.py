@@ -9,8 +9,8 @@ torch.export programs, at any input height and width.
 * :mod:`.program`: :func:`export_program`, torch.export with dynamic height and width.
 
 ``torch.jit.script`` (Detectron2's ``scripting_with_instances``) stops on DySample in one line:
-its CPU sampling is a Python autograd Function. The repository's ``tools/deploy`` and
-``scripts/export_model.py`` check written exports in runtimes and at low precision.
+its CPU sampling is a Python autograd Function. Running written exports in runtimes and at low
+precision is left to deployment tooling outside this package.
 """
 from .model import BackboneExport, tracing_adapter
 from .onnx import export_onnx
