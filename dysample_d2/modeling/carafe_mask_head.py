@@ -2,9 +2,8 @@
 from typing import Dict, List, Optional
 
 from detectron2.config import configurable
-from detectron2.layers import Conv2d, ShapeSpec
+from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY, MaskRCNNConvUpsampleHead
-from torch import nn
 
 from ..config import upsampler_from_config
 from ..layers.upsamplers import build_upsampler
@@ -45,13 +44,12 @@ class MaskRCNNCarafeUpsampleHead(MaskRCNNConvUpsampleHead):
         if conv_dims[-1] != channels:
             raise ValueError(f"MaskRCNNCarafeUpsampleHead: CARAFE keeps its {channels} input "
                              f"channels; conv_dims[-1] must be {channels}, got {conv_dims[-1]}")
-        # nn.Sequential runs its modules in the order they were added: the convs, then these
+        # nn.Sequential runs its modules in the order they were added: the convs, then CARAFE,
+        # then Detectron2's predictor (on `channels`, as conv_dims[-1] equals it), re-added last
         predictor = self.predictor
         del self.deconv, self.deconv_relu, self.predictor
         self.upsample = build_upsampler("carafe", channels, 2, **(carafe_options or {}))
-        self.predictor = Conv2d(channels, predictor.out_channels, kernel_size=1)
-        nn.init.normal_(self.predictor.weight, std=0.001)
-        nn.init.zeros_(self.predictor.bias)
+        self.predictor = predictor
 
     @classmethod
     def from_config(cls, cfg, input_shape):
